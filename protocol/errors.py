@@ -39,7 +39,7 @@ class ErrorCode(enum.StrEnum):
     TOO_LARGE = "too_large"  # body or decompressed size beyond the limits
     BAD_SIGNATURE = "bad_signature"
     UNKNOWN_AGENT = "unknown_agent"
-    INVALID_TOKEN = "invalid_token"  # unknown, used by another key, or expired
+    INVALID_TOKEN = "invalid_token"  # noqa: S105 - an error code  # unknown, used by another key, or expired
     GAP = "gap"  # batch starts beyond the server's position + 1
     CONFLICT = "conflict"  # same (agent, epoch, seq), different content
     INVALID_RECORD = "invalid_record"  # record decodes but breaks the schema

@@ -84,7 +84,7 @@ def _get(obj: dict[str, Any], key: str, typ: type | tuple[type, ...], *,
     value = obj.get(key)
     if value is None and optional:
         return None
-    if not isinstance(value, typ) or isinstance(value, bool) and typ is int:
+    if not isinstance(value, typ) or (isinstance(value, bool) and typ is int):
         raise DecodeError(f"field {key!r} is missing or has the wrong type")
     return value
 
@@ -175,7 +175,8 @@ def encode_batch_body(body: BatchBody) -> bytes:
 def decode_batch_body(data: bytes, limits: Limits = DEFAULT_LIMITS) -> BatchBody:
     obj = _map(data, "batch", limits.max_body_bytes)
     _closed(obj, {"epoch", "first_seq", "count", "codec", "payload", "agent_clock"})
-    epoch, first_seq, count = _seq(obj, "epoch", 1), _seq(obj, "first_seq", 1), _seq(obj, "count", 1)
+    epoch, first_seq = _seq(obj, "epoch", 1), _seq(obj, "first_seq", 1)
+    count = _seq(obj, "count", 1)
     if count > limits.max_records or first_seq + count - 1 > _MAX_SEQ:
         raise DecodeError(f"batch of {count} records exceeds the limit", code=ErrorCode.TOO_LARGE)
     if obj.get("codec") != "zlib":

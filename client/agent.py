@@ -1,0 +1,185 @@
+"""The agent's operations on its data directory: enroll, add, update, verify.
+
+Used by the CLI and the daemon alike; each opens the queue, does one thing
+durably, and closes it.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta, timezone
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+
+from protocol import (
+    DecodeError,
+    DossierCreated,
+    StatusChanged,
+    ValidationError,
+    encode_event,
+    validate_dossier,
+    validate_status,
+)
+from protocol.dossier import parse_timestamp
+from protocol.messages import (
+    EnrollRequest,
+    decode_enroll_reply,
+    decode_error,
+    encode_enroll_request,
+)
+from protocol.signing import public_key_bytes, sign_enrollment
+
+from .config import AgentConfig, AgentPaths
+from .errors import InputError, RefusedError, SetupError, TransportError
+from .files import read_secret, write_atomic
+from .queue import Queue
+from .sync import local_now_iso
+from .transport import HttpTransport
+
+__all__ = ["Agent", "enroll"]
+
+VN_TZ = timezone(timedelta(hours=7))
+MAX_CODES_PER_DAY = 999
+
+
+def _load_or_create_key(paths: AgentPaths) -> Ed25519PrivateKey:
+    """Reuse a key left by an interrupted init, so a retried enrollment is idempotent."""
+    if paths.signing_key.exists():
+        return Ed25519PrivateKey.from_private_bytes(read_secret(paths.signing_key, 32))
+    key = Ed25519PrivateKey.generate()
+    raw = key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+    write_atomic(paths.signing_key, raw, mode=0o600)
+    return key
+
+
+async def enroll(paths: AgentPaths, server_url: str, token: str, name: str | None) -> AgentConfig:
+    """Create keys, register the public key with the server, create the queue.
+
+    Raises:
+        SetupError: already initialised, or the data directory is unusable.
+        RefusedError: the server refused the token.
+        TransportError: the server could not be reached properly.
+    """
+    if paths.config.exists():
+        raise SetupError(f"{paths.root} already holds an enrolled agent")
+    paths.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key = _load_or_create_key(paths)
+    if not paths.queue_key.exists():
+        write_atomic(paths.queue_key, os.urandom(32), mode=0o600)
+    request = EnrollRequest(token, public_key_bytes(key), name, sign_enrollment(key, token))
+    transport = HttpTransport(server_url, timeout_s=60)
+    try:
+        reply = await transport.post("/v1/enroll", encode_enroll_request(request))
+    finally:
+        await transport.close()
+    if reply.status != 200:
+        try:
+            err = decode_error(reply.body)
+        except DecodeError as exc:
+            raise TransportError(f"HTTP {reply.status} without a protocol answer") from exc
+        raise RefusedError(err.code, err.message)
+    try:
+        enrolled = decode_enroll_reply(reply.body)
+    except DecodeError as exc:
+        raise TransportError("the server's enrollment answer is not valid") from exc
+    config = AgentConfig(server_url, enrolled.agent_id, enrolled.commune_code,
+                         enrolled.counter_block, enrolled.name or name)
+    queue = await Queue.open(paths.queue_db, read_secret(paths.queue_key, 32),
+                             config.agent_id, create=True)
+    await queue.close()
+    config.save(paths)
+    return config
+
+
+@dataclass
+class Agent:
+    """An open data directory: configuration, signing key and queue."""
+
+    paths: AgentPaths
+    config: AgentConfig
+    key: Ed25519PrivateKey
+    queue: Queue
+
+    @classmethod
+    async def open(cls, paths: AgentPaths) -> Agent:
+        config = AgentConfig.load(paths)
+        key = Ed25519PrivateKey.from_private_bytes(read_secret(paths.signing_key, 32))
+        queue = await Queue.open(paths.queue_db, read_secret(paths.queue_key, 32),
+                                 config.agent_id)
+        return cls(paths, config, key, queue)
+
+    async def close(self) -> None:
+        await self.queue.close()
+
+    def _code_day(self, dossier: dict[str, Any]) -> str:
+        received = parse_timestamp(dossier["received_at"]).astimezone(VN_TZ)
+        return received.strftime("%y%m%d")
+
+    async def add(self, items: list[Any]) -> list[str]:
+        """Validate every dossier, then append them all in one transaction.
+
+        Returns:
+            The dossier ids, in input order, once they are saved.
+
+        Raises:
+            InputError: listing every problem; nothing was added.
+        """
+        dossiers, problems = [], []
+        for index, item in enumerate(items):
+            try:
+                dossiers.append(validate_dossier(item))
+            except ValidationError as exc:
+                prefix = f"#{index + 1} " if len(items) > 1 else ""
+                problems += [prefix + p.render("vi") + " / " + p.message_en for p in exc.problems]
+        if not items:
+            problems.append("không có hồ sơ nào / no dossier given")
+        seen: set[str] = set()
+        for index, dossier in enumerate(dossiers):
+            dossier["id"] = dossier["id"] or str(uuid.uuid4())
+            if dossier["id"] in seen or await self.queue.has_dossier(dossier["id"]):
+                problems.append(f"#{index + 1} id: mã định danh đã tồn tại / id already exists")
+            seen.add(dossier["id"])
+        if problems:
+            raise InputError("dossiers not added", problems)
+        need_code = [d for d in dossiers if d["code"] is None]
+
+        def build(numbers: list[int]) -> list[tuple[bytes, str | None]]:
+            for dossier, number in zip(need_code, numbers, strict=True):
+                if number > MAX_CODES_PER_DAY:
+                    raise InputError("dossier code counter exhausted for the day")
+                serial = self.config.counter_block * 1000 + number
+                day = self._code_day(dossier)
+                dossier["code"] = f"{self.config.commune_code}-{day}-{serial:04d}"
+            return [(encode_event(DossierCreated(d)), d["id"]) for d in dossiers]
+
+        try:
+            await self.queue.append(build, [self._code_day(d) for d in need_code])
+        except sqlite3.IntegrityError as exc:
+            raise InputError("dossiers not added",
+                             ["id: mã định danh đã tồn tại / id already exists"]) from exc
+        return [d["id"] for d in dossiers]
+
+    async def update_status(self, dossier_id: str, status: str, note: str | None,
+                            by: str | None) -> int:
+        """Append a status change; return its seq."""
+        try:
+            status = validate_status(status)
+            canonical = str(uuid.UUID(dossier_id))
+        except ValidationError as exc:
+            raise InputError("invalid status", [p.render("vi") + " / " + p.message_en
+                                                for p in exc.problems]) from exc
+        except ValueError as exc:
+            raise InputError("invalid id", ["id: phải là UUID / must be a UUID"]) from exc
+        if note is not None and len(note) > 2000:
+            raise InputError("note too long", ["note: dài quá 2000 ký tự / longer than 2000"])
+        if not await self.queue.has_dossier(canonical):
+            raise InputError("unknown dossier", [
+                f"không tìm thấy hồ sơ {canonical} / no dossier {canonical} in this queue"])
+        event = StatusChanged(canonical, status, local_now_iso(), by, note)
+        _, seqs = await self.queue.append(lambda _: [(encode_event(event), None)])
+        return seqs[0]

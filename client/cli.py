@@ -1,0 +1,252 @@
+"""``sync-agent``: the commune agent's command line.
+
+Exit codes: 0 success; 1 setup or server problem; 2 bad input or usage;
+3 sync incomplete (records still waiting); 4 queue damaged.
+Errors are one plain sentence on stderr, in Vietnamese or English.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import logging
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from .agent import Agent, enroll
+from .config import AgentPaths, default_data_dir
+from .daemon import run_daemon
+from .errors import (
+    AgentError,
+    InputError,
+    LockBusy,
+    QueueCorrupt,
+    RefusedError,
+    SetupError,
+    TransportError,
+)
+from .i18n import Messages, pick_language
+from .sync import SyncEngine
+from .transport import HttpTransport
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_ERROR, EXIT_INPUT, EXIT_INCOMPLETE, EXIT_DAMAGED = 0, 1, 2, 3, 4
+
+
+def _read_items(source: str, say: Messages) -> list[Any]:
+    try:
+        text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(say("cannot_read", path=source, detail=exc.__class__.__name__)) from exc
+    try:
+        parsed = json.loads(text)
+    except json.JSONDecodeError:
+        lines = [line for line in text.splitlines() if line.strip()]
+        items = []
+        for number, line in enumerate(lines, start=1):
+            try:
+                items.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise InputError(say("bad_json", detail=f"line {number}: {exc.msg}")) from exc
+        if not items:
+            raise InputError(say("bad_json", detail="empty input")) from None
+        return items
+    return parsed if isinstance(parsed, list) else [parsed]
+
+
+async def _with_agent(paths: AgentPaths, work: Callable[[Agent], Coroutine[Any, Any, int]]) -> int:
+    agent = await Agent.open(paths)
+    try:
+        return await work(agent)
+    finally:
+        await agent.close()
+
+
+async def cmd_init(args: argparse.Namespace, say: Messages) -> int:
+    config = await enroll(AgentPaths(args.data_dir), args.server, args.token, args.name)
+    print(say("enrolled", agent=config.agent_id, commune=config.commune_code))
+    return EXIT_OK
+
+
+async def cmd_add(args: argparse.Namespace, say: Messages) -> int:
+    items = _read_items(args.file, say)
+
+    async def work(agent: Agent) -> int:
+        for dossier_id in await agent.add(items):
+            print(dossier_id)
+        return EXIT_OK
+    return await _with_agent(AgentPaths(args.data_dir), work)
+
+
+async def cmd_update(args: argparse.Namespace, say: Messages) -> int:
+    async def work(agent: Agent) -> int:
+        seq = await agent.update_status(args.id, args.status, args.note, args.by or _officer())
+        print(say("updated", seq=seq))
+        return EXIT_OK
+    return await _with_agent(AgentPaths(args.data_dir), work)
+
+
+def _officer() -> str | None:
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):
+        return None
+
+
+async def cmd_status(args: argparse.Namespace, say: Messages) -> int:
+    async def work(agent: Agent) -> int:
+        st = await agent.queue.status()
+        report = {"pending": st.pending, "acked_seq": st.acked_seq, "last_seq": st.last_seq,
+                  "epoch": st.epoch, "last_success": st.last_success,
+                  "last_error": st.last_error, "refused": st.refused,
+                  "agent_id": agent.config.agent_id}
+        if args.json:
+            print(json.dumps(report, ensure_ascii=False))
+        elif st.pending:
+            print(say("sync_waiting", pending=st.pending, reason=st.last_error or "—"))
+        else:
+            print(say("sync_done", acked=st.acked_seq))
+        return EXIT_OK
+    return await _with_agent(AgentPaths(args.data_dir), work)
+
+
+async def cmd_verify(args: argparse.Namespace, say: Messages) -> int:
+    async def work(agent: Agent) -> int:
+        try:
+            count = await agent.queue.verify()
+        except QueueCorrupt as exc:
+            print(say("verify_bad", seq=exc.seq, epoch=exc.epoch, reason=exc.reason),
+                  file=sys.stderr)
+            return EXIT_DAMAGED
+        print(say("verify_ok", count=count))
+        return EXIT_OK
+    return await _with_agent(AgentPaths(args.data_dir), work)
+
+
+async def cmd_sync_now(args: argparse.Namespace, say: Messages) -> int:
+    paths = AgentPaths(args.data_dir)
+
+    async def work(agent: Agent) -> int:
+        transport = HttpTransport(agent.config.server_url)
+        tty = sys.stderr.isatty()
+
+        def progress(acked: int, total: int) -> None:
+            if tty:
+                print("\r" + say("progress", acked=acked, total=total), end="", file=sys.stderr)
+
+        engine = SyncEngine(agent.queue, agent.config, agent.key, transport,
+                            lock_path=paths.sync_lock, progress=progress)
+        reason = None
+        try:
+            async with asyncio.timeout(args.timeout):
+                await engine.push_until_done(timeout_s=args.timeout)
+        except TimeoutError:
+            error = (await agent.queue.status()).last_error or "—"
+            reason = say("reason_timeout", seconds=args.timeout, error=error)
+        except QueueCorrupt as exc:
+            reason = say("reason_damaged", seq=exc.seq)
+        except LockBusy:
+            reason = say("reason_busy")
+        except TransportError as exc:
+            reason = say("reason_unreachable", error=exc)
+        except RefusedError as exc:
+            reason = say("reason_refused", error=exc)
+        finally:
+            await transport.close()
+            if tty:
+                print(file=sys.stderr)
+        st = await agent.queue.status()
+        if st.pending > 0 or reason is not None:
+            print(say("sync_waiting", pending=st.pending, reason=reason or "—"), file=sys.stderr)
+            return EXIT_INCOMPLETE
+        print(say("sync_done", acked=st.acked_seq))
+        if st.refused:
+            print(say("sync_refused", refused=st.refused), file=sys.stderr)
+            return EXIT_INCOMPLETE
+        return EXIT_OK
+    return await _with_agent(paths, work)
+
+
+async def cmd_run(args: argparse.Namespace, say: Messages) -> int:
+    await run_daemon(AgentPaths(args.data_dir))
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data-dir", type=Path, default=None,
+                        help="agent data directory (default: $SYNC_AGENT_DATA_DIR or a per-user "
+                             "folder)")
+    common.add_argument("--lang", choices=("vi", "en"), default=None,
+                        help="message language (default: from the locale)")
+    parser = argparse.ArgumentParser(prog="sync-agent", description=(
+        "Đồng bộ hồ sơ một cửa của xã lên tỉnh / commune-sync agent"))
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("init", parents=[common], help="enroll this PC and create the queue")
+    p.add_argument("--server", required=True, help="server URL, e.g. http://127.0.0.1:8700")
+    p.add_argument("--token", required=True, help="one-time enrollment token from `syncd enroll`")
+    p.add_argument("--name", default=None, help="a name for this PC")
+    p.set_defaults(func=cmd_init)
+    p = sub.add_parser("add", parents=[common], help="record dossiers from a JSON file")
+    p.add_argument("file", help="JSON object, array or JSON lines; - for stdin")
+    p.set_defaults(func=cmd_add)
+    p = sub.add_parser("update", parents=[common], help="change a dossier's status")
+    p.add_argument("id", help="dossier id (UUID)")
+    p.add_argument("--status", required=True)
+    p.add_argument("--note", default=None)
+    p.add_argument("--by", default=None, help="officer name (default: the login name)")
+    p.set_defaults(func=cmd_update)
+    p = sub.add_parser("sync-now", parents=[common], help="push until everything is acknowledged")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds to keep trying")
+    p.set_defaults(func=cmd_sync_now)
+    p = sub.add_parser("status", parents=[common], help="what is waiting and the last sync")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+    p = sub.add_parser("run", parents=[common], help="run the sync daemon")
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("verify", parents=[common], help="check every queue record")
+    p.set_defaults(func=cmd_verify)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    args.data_dir = args.data_dir or default_data_dir()
+    say = Messages(pick_language(args.lang))
+    logging.basicConfig(level=logging.INFO if args.command == "run" else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return asyncio.run(args.func(args, say))
+    except KeyboardInterrupt:
+        print(say("interrupted"), file=sys.stderr)
+        return 130
+    except InputError as exc:
+        print(say("invalid_input") + " " + str(exc), file=sys.stderr)
+        for problem in exc.problems:
+            print("  - " + problem, file=sys.stderr)
+        return EXIT_INPUT
+    except QueueCorrupt as exc:
+        print(say("verify_bad", seq=exc.seq, epoch=exc.epoch, reason=exc.reason), file=sys.stderr)
+        return EXIT_DAMAGED
+    except SetupError as exc:
+        print(say("setup", detail=exc), file=sys.stderr)
+        return EXIT_ERROR
+    except RefusedError as exc:
+        print(say("refused", detail=exc), file=sys.stderr)
+        return EXIT_ERROR
+    except (TransportError, AgentError) as exc:
+        print(say("unreachable", detail=exc), file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as exc:
+        print(say("setup", detail=f"{exc.__class__.__name__}: {exc.strerror or exc}"),
+              file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

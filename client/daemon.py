@@ -1,0 +1,62 @@
+"""``sync-agent run``: push whenever records wait, never give up, stop cleanly.
+
+The daemon polls the queue's position cheaply (new records from ``add`` in
+another process show up within ``poll_s``), pushes with the engine's retry
+loop, and on SIGTERM finishes the batch in flight before it closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+from .agent import Agent
+from .config import AgentPaths
+from .errors import AgentError, QueueCorrupt
+from .sync import Stopped, SyncEngine
+from .transport import HttpTransport
+
+__all__ = ["run_daemon"]
+
+log = logging.getLogger("client.daemon")
+
+
+async def run_daemon(paths: AgentPaths, *, poll_s: float = 0.5, refused_pause_s: float = 60.0,
+                     stop: asyncio.Event | None = None) -> None:
+    """Run until ``stop`` is set (SIGTERM and SIGINT set it)."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    agent = await Agent.open(paths)
+    transport = HttpTransport(agent.config.server_url)
+    engine = SyncEngine(agent.queue, agent.config, agent.key, transport,
+                        lock_path=paths.sync_lock, stop=stop)
+    log.info("daemon running for agent %s", agent.config.agent_id)
+    try:
+        while not stop.is_set():
+            status = await agent.queue.status()
+            if status.pending > 0:
+                try:
+                    await engine.push_until_done()
+                except Stopped:
+                    break
+                except QueueCorrupt as exc:
+                    log.error("queue damaged at epoch %d seq %d; not sending it", exc.epoch,
+                              exc.seq)
+                    await engine.pause(refused_pause_s)
+                except AgentError as exc:
+                    log.warning("sync refused: %s", exc)
+                    await engine.pause(refused_pause_s)
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), poll_s)
+    except Stopped:
+        pass
+    finally:
+        await transport.close()
+        await agent.close()
+        log.info("daemon stopped")

@@ -1,0 +1,80 @@
+"""Errors raised by the agent.
+
+The tree::
+
+    AgentError                    base; ``message_key`` names a CLI message
+    ├── SetupError                data directory missing, not initialised, bad key file
+    ├── InputError                a dossier or command the officer must correct
+    ├── QueueCorrupt              a record fails its AEAD tag or the hash chain (``seq``)
+    ├── SyncError                 a sync attempt failed
+    │   ├── TransportError        link down, timeout, 5xx, garbage reply (retriable)
+    │   └── RefusedError          the server refused on purpose (4xx verdict; not retriable)
+    └── LockBusy                  another sync holds the lock
+
+``retriable`` says whether waiting and trying again can help.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AgentError",
+    "InputError",
+    "LockBusy",
+    "QueueCorrupt",
+    "RefusedError",
+    "SetupError",
+    "SyncError",
+    "TransportError",
+]
+
+
+class AgentError(Exception):
+    """Base class of agent errors."""
+
+    retriable = False
+
+
+class SetupError(AgentError):
+    """The data directory or its keys are missing or unusable."""
+
+
+class InputError(AgentError):
+    """Input the officer must correct; ``problems`` lists each one."""
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or []
+
+
+class QueueCorrupt(AgentError):
+    """A queue record failed verification; ``seq`` is the first bad one."""
+
+    def __init__(self, epoch: int, seq: int, reason: str) -> None:
+        super().__init__(f"queue record epoch {epoch} seq {seq} is damaged: {reason}")
+        self.epoch = epoch
+        self.seq = seq
+        self.reason = reason
+
+
+class SyncError(AgentError):
+    """A sync attempt failed."""
+
+
+class TransportError(SyncError):
+    """The server could not be reached properly; trying again may help."""
+
+    retriable = True
+
+
+class RefusedError(SyncError):
+    """The server refused the request on purpose; ``code`` is its error code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+
+
+class LockBusy(AgentError):
+    """Another sync of this data directory is running."""
+
+    retriable = True

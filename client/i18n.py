@@ -1,0 +1,68 @@
+"""Messages a commune officer reads, in Vietnamese first and English.
+
+The language is ``--lang`` when given, else Vietnamese when the locale says
+so (``LC_ALL``, ``LC_MESSAGES``, ``LANG`` starting with ``vi``), else English.
+"""
+
+from __future__ import annotations
+
+import os
+
+__all__ = ["Messages", "pick_language"]
+
+CATALOG: dict[str, tuple[str, str]] = {
+    "enrolled": ("Đã đăng ký máy trạm {agent} cho xã {commune}.",
+                 "Enrolled agent {agent} for commune {commune}."),
+    "added_none": ("Không thêm hồ sơ nào.", "No dossier was added."),
+    "invalid_dossiers": ("Hồ sơ không hợp lệ, không hồ sơ nào được thêm:",
+                         "Invalid dossiers; nothing was added:"),
+    "invalid_input": ("Dữ liệu không hợp lệ:", "Invalid input:"),
+    "bad_json": ("Không đọc được JSON ({detail}).", "Cannot read JSON ({detail})."),
+    "cannot_read": ("Không đọc được tệp {path}: {detail}", "Cannot read {path}: {detail}"),
+    "updated": ("Đã ghi nhận trạng thái mới (số thứ tự {seq}).",
+                "Status change saved (seq {seq})."),
+    "verify_ok": ("Hàng đợi nguyên vẹn: {count} bản ghi đã kiểm tra.",
+                  "Queue intact: {count} records checked."),
+    "verify_bad": ("Hàng đợi bị hỏng tại bản ghi số {seq} (kỳ {epoch}): {reason}.",
+                   "Queue damaged at seq {seq} (epoch {epoch}): {reason}."),
+    "sync_done": ("Đã gửi xong: {acked} bản ghi đã đến tỉnh, không còn gì chờ gửi.",
+                  "Done: {acked} records have reached the province; nothing is waiting."),
+    "sync_refused": ("Máy chủ đã từ chối {refused} bản ghi (xem `status`).",
+                     "The server refused {refused} records (see `status`)."),
+    "sync_waiting": ("Còn {pending} bản ghi chưa đồng bộ. Lý do: {reason}",
+                     "{pending} records still waiting. Reason: {reason}"),
+    "reason_timeout": ("hết thời gian chờ ({seconds} giây); lỗi gần nhất: {error}",
+                       "timed out after {seconds} s; last error: {error}"),
+    "reason_unreachable": ("không kết nối được máy chủ đúng cách ({error})",
+                           "the server could not be reached properly ({error})"),
+    "reason_refused": ("máy chủ từ chối ({error})", "the server refused ({error})"),
+    "reason_damaged": ("bản ghi số {seq} bị hỏng, không gửi được; chạy `sync-agent verify`",
+                       "record seq {seq} is damaged and will not be sent; run `sync-agent verify`"),
+    "reason_busy": ("một lần đồng bộ khác đang chạy", "another sync is running"),
+    "setup": ("Lỗi cấu hình: {detail}", "Setup problem: {detail}"),
+    "refused": ("Máy chủ từ chối: {detail}", "The server refused: {detail}"),
+    "unreachable": ("Không kết nối được máy chủ đúng cách: {detail}",
+                    "The server could not be reached properly: {detail}"),
+    "interrupted": ("Đã dừng.", "Stopped."),
+    "daemon_started": ("Đang chạy đồng bộ nền cho {agent}.", "Sync daemon running for {agent}."),
+    "progress": ("Đã đồng bộ {acked}/{total} bản ghi", "Synced {acked}/{total} records"),
+}
+
+
+def pick_language(explicit: str | None) -> str:
+    if explicit in ("vi", "en"):
+        return explicit
+    for var in ("LC_ALL", "LC_MESSAGES", "LANG"):
+        value = os.environ.get(var)
+        if value:
+            return "vi" if value.lower().startswith("vi") else "en"
+    return "en"
+
+
+class Messages:
+    def __init__(self, lang: str) -> None:
+        self.lang = lang
+
+    def __call__(self, key: str, **values: object) -> str:
+        vi, en = CATALOG[key]
+        return (vi if self.lang == "vi" else en).format(**values)

@@ -1,0 +1,352 @@
+"""The agent's durable, encrypted, append-only queue (SQLite through aiosqlite).
+
+Invariants:
+
+* "Saved" means committed here: WAL journal, ``synchronous=FULL``, one
+  ``BEGIN IMMEDIATE`` transaction per append call. ``seq`` is assigned inside
+  that transaction, contiguous from 1 within an epoch.
+* Every record is sealed with ChaCha20-Poly1305 under the queue key; the
+  associated data binds agent, epoch, seq and the previous chain value, so a
+  record cannot be swapped, reordered or spliced. ``chain`` is a keyed hash
+  (HMAC) over the previous chain value, seq and the plaintext's SHA-256: it
+  links every record to all before it without revealing content.
+* Nothing in the database is plaintext dossier content: the dossier index
+  stores an HMAC of the dossier id, the code counters store only numbers.
+* ``acked_seq`` only moves forward, except when the server reports that it
+  holds less (a gap), which moves the send position back to resend.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import struct
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from protocol import pack
+
+from .errors import QueueCorrupt, SetupError
+
+__all__ = ["PendingBatch", "Queue", "QueueStatus"]
+
+_MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+    CREATE TABLE records (
+        epoch INTEGER NOT NULL, seq INTEGER NOT NULL,
+        nonce BLOB NOT NULL, ciphertext BLOB NOT NULL, chain BLOB NOT NULL,
+        PRIMARY KEY (epoch, seq)) WITHOUT ROWID;
+    CREATE TABLE sync_state (
+        epoch INTEGER PRIMARY KEY, acked_seq INTEGER NOT NULL DEFAULT 0,
+        last_success TEXT, last_error TEXT);
+    CREATE TABLE verdicts (
+        epoch INTEGER NOT NULL, seq INTEGER NOT NULL, code TEXT NOT NULL,
+        message TEXT NOT NULL, PRIMARY KEY (epoch, seq)) WITHOUT ROWID;
+    CREATE TABLE dossier_index (
+        id_mac BLOB PRIMARY KEY, epoch INTEGER NOT NULL, seq INTEGER NOT NULL) WITHOUT ROWID;
+    CREATE TABLE code_counters (day TEXT PRIMARY KEY, last INTEGER NOT NULL) WITHOUT ROWID;
+    """,
+)
+
+
+@dataclass(frozen=True)
+class QueueStatus:
+    """Where the queue stands, as ``sync-agent status`` reports it."""
+
+    epoch: int
+    last_seq: int
+    acked_seq: int
+    refused: int
+    last_success: str | None
+    last_error: str | None
+
+    @property
+    def pending(self) -> int:
+        return self.last_seq - self.acked_seq
+
+
+@dataclass(frozen=True)
+class PendingBatch:
+    """Unacknowledged records read back and checked, ready to send."""
+
+    epoch: int
+    first_seq: int
+    records: tuple[bytes, ...]
+    damaged: QueueCorrupt | None = None
+
+
+class _Sealer:
+    """Record encryption and chaining under one queue key."""
+
+    def __init__(self, key: bytes, agent_id: str) -> None:
+        def derive(label: bytes) -> bytes:
+            return HKDF(hashes.SHA256(), 32, None, b"commune-sync queue " + label).derive(key)
+
+        self._aead = ChaCha20Poly1305(derive(b"aead"))
+        self._chain_key = derive(b"chain")
+        self._index_key = derive(b"index")
+        self.agent_id = agent_id
+
+    def genesis(self, epoch: int) -> bytes:
+        return self._mac(b"genesis" + pack([self.agent_id, epoch]))
+
+    def _mac(self, data: bytes) -> bytes:
+        return hmac.new(self._chain_key, data, hashlib.sha256).digest()
+
+    def _aad(self, epoch: int, seq: int, prev: bytes) -> bytes:
+        return pack(["commune-sync record", self.agent_id, epoch, seq, prev])
+
+    def seal(self, epoch: int, seq: int, prev: bytes,
+             plaintext: bytes) -> tuple[bytes, bytes, bytes]:
+        nonce = os.urandom(12)
+        ciphertext = self._aead.encrypt(nonce, plaintext, self._aad(epoch, seq, prev))
+        chain = self._mac(prev + struct.pack(">Q", seq) + hashlib.sha256(plaintext).digest())
+        return nonce, ciphertext, chain
+
+    def open(self, epoch: int, seq: int, prev: bytes, row: tuple[bytes, bytes, bytes]) -> bytes:
+        nonce, ciphertext, chain = row
+        try:
+            plaintext = self._aead.decrypt(nonce, ciphertext, self._aad(epoch, seq, prev))
+        except (InvalidTag, ValueError) as exc:
+            raise QueueCorrupt(epoch, seq, "does not decrypt (altered, moved or wrong key)") \
+                from exc
+        expected = self._mac(prev + struct.pack(">Q", seq) + hashlib.sha256(plaintext).digest())
+        if not hmac.compare_digest(expected, chain):
+            raise QueueCorrupt(epoch, seq, "hash chain broken")
+        return plaintext
+
+    def index_mac(self, dossier_id: str) -> bytes:
+        return hmac.new(self._index_key, dossier_id.encode(), hashlib.sha256).digest()
+
+
+class Queue:
+    """The encrypted queue in ``path``. Use :meth:`open`, then :meth:`close`."""
+
+    def __init__(self, db: aiosqlite.Connection, sealer: _Sealer) -> None:
+        self._db = db
+        self._sealer = sealer
+        self._closed = False
+
+    @classmethod
+    async def open(cls, path: Path, key: bytes, agent_id: str, *, create: bool = False) -> Queue:
+        """Open (or with ``create``, create) the queue database.
+
+        Raises:
+            SetupError: the database is missing, or belongs to another agent.
+        """
+        if not create and not path.exists():
+            raise SetupError(f"queue database {path.name} is missing")
+        db = await aiosqlite.connect(path, isolation_level=None)
+        try:
+            await db.execute("PRAGMA busy_timeout = 30000")
+            await db.execute("PRAGMA journal_mode = WAL")
+            await db.execute("PRAGMA synchronous = FULL")
+            queue = cls(db, _Sealer(key, agent_id))
+            await queue._migrate(agent_id)
+        except BaseException:
+            await db.close()
+            raise
+        return queue
+
+    async def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            await self._db.close()
+
+    async def _migrate(self, agent_id: str) -> None:
+        await self._db.execute("BEGIN IMMEDIATE")
+        try:
+            version = (await self._one("PRAGMA user_version"))[0]
+            for number, script in enumerate(_MIGRATIONS[version:], start=version + 1):
+                for statement in filter(str.strip, script.split(";")):
+                    await self._db.execute(statement)
+                await self._db.execute(f"PRAGMA user_version = {number}")
+            stored = await self._one("SELECT value FROM meta WHERE key = 'agent_id'")
+            if stored is None:
+                await self._db.execute("INSERT INTO meta VALUES ('agent_id', ?), ('epoch', 1)",
+                                       (agent_id,))
+                await self._db.execute("INSERT INTO sync_state (epoch) VALUES (1)")
+            elif stored[0] != agent_id:
+                raise SetupError("this queue belongs to another agent")
+            await self._db.execute("COMMIT")
+        except BaseException:
+            await self._db.execute("ROLLBACK")
+            raise
+
+    async def _one(self, sql: str, args: Iterable[Any] = ()) -> Any:
+        async with self._db.execute(sql, tuple(args)) as cursor:
+            return await cursor.fetchone()
+
+    async def epoch(self) -> int:
+        return int((await self._one("SELECT value FROM meta WHERE key = 'epoch'"))[0])
+
+    async def _tail(self, epoch: int) -> tuple[int, bytes]:
+        row = await self._one(
+            "SELECT seq, chain FROM records WHERE epoch = ? ORDER BY seq DESC LIMIT 1", (epoch,))
+        return (row[0], row[1]) if row else (0, self._sealer.genesis(epoch))
+
+    async def append(
+        self, build: Callable[[list[int]], list[tuple[bytes, str | None]]],
+        code_days: Iterable[str] = (),
+    ) -> tuple[int, list[int]]:
+        """Append records in one durable transaction.
+
+        Args:
+            build: given the code numbers allocated (one per ``code_days``
+                entry, from that day's counter), returns the records to append
+                in order, each as ``(plaintext, id of the dossier it creates or None)``.
+            code_days: one ``yyMMdd`` per official code to allocate.
+
+        Returns:
+            ``(epoch, seqs)``; when this returns, the records are saved.
+        """
+        await self._db.execute("BEGIN IMMEDIATE")
+        try:
+            epoch = await self.epoch()
+            numbers = [await self._next_code(day) for day in code_days]
+            seq, prev = await self._tail(epoch)
+            seqs = []
+            for plaintext, new_dossier_id in build(numbers):
+                seq += 1
+                nonce, ciphertext, prev = self._sealer.seal(epoch, seq, prev, plaintext)
+                await self._db.execute("INSERT INTO records VALUES (?, ?, ?, ?, ?)",
+                                       (epoch, seq, nonce, ciphertext, prev))
+                if new_dossier_id is not None:
+                    await self._db.execute(
+                        "INSERT INTO dossier_index VALUES (?, ?, ?)",
+                        (self._sealer.index_mac(new_dossier_id), epoch, seq))
+                seqs.append(seq)
+            await self._db.execute("COMMIT")
+        except BaseException:
+            await self._db.execute("ROLLBACK")
+            raise
+        return epoch, seqs
+
+    async def _next_code(self, day: str) -> int:
+        row = await self._one(
+            "INSERT INTO code_counters VALUES (?, 1) "
+            "ON CONFLICT (day) DO UPDATE SET last = last + 1 RETURNING last", (day,))
+        return int(row[0])
+
+    async def has_dossier(self, dossier_id: str) -> bool:
+        row = await self._one("SELECT 1 FROM dossier_index WHERE id_mac = ?",
+                              (self._sealer.index_mac(dossier_id),))
+        return row is not None
+
+    async def status(self) -> QueueStatus:
+        epoch = await self.epoch()
+        last_seq, _ = await self._tail(epoch)
+        acked, success, error = await self._one(
+            "SELECT acked_seq, last_success, last_error FROM sync_state WHERE epoch = ?", (epoch,))
+        refused = (await self._one("SELECT count(*) FROM verdicts WHERE epoch = ?", (epoch,)))[0]
+        return QueueStatus(epoch, last_seq, acked, refused, success, error)
+
+    async def read_pending(self, *, max_records: int, max_bytes: int) -> PendingBatch:
+        """Read and check unacknowledged records, oldest first.
+
+        A damaged record stops the read: the records before it are returned
+        and ``damaged`` names it, so nothing damaged is ever sent.
+        """
+        epoch = await self.epoch()
+        acked = (await self._one("SELECT acked_seq FROM sync_state WHERE epoch = ?", (epoch,)))[0]
+        prev_row = await self._one("SELECT chain FROM records WHERE epoch = ? AND seq = ?",
+                                   (epoch, acked))
+        prev = prev_row[0] if prev_row else self._sealer.genesis(epoch)
+        records: list[bytes] = []
+        size, expected = 0, acked + 1
+        async with self._db.execute(
+            "SELECT seq, nonce, ciphertext, chain FROM records WHERE epoch = ? AND seq > ? "
+            "ORDER BY seq LIMIT ?", (epoch, acked, max_records),
+        ) as cursor:
+            async for seq, nonce, ciphertext, chain in cursor:
+                try:
+                    if seq != expected:
+                        raise QueueCorrupt(epoch, expected, "record missing")
+                    plaintext = self._sealer.open(epoch, seq, prev, (nonce, ciphertext, chain))
+                except QueueCorrupt as exc:
+                    return PendingBatch(epoch, acked + 1, tuple(records), exc)
+                if records and size + len(plaintext) > max_bytes:
+                    break
+                records.append(plaintext)
+                size, prev, expected = size + len(plaintext), chain, expected + 1
+        return PendingBatch(epoch, acked + 1, tuple(records))
+
+    async def verify(self) -> int:
+        """Check every record of every epoch; return how many were checked.
+
+        Raises:
+            QueueCorrupt: naming the first bad record.
+        """
+        checked = 0
+        async with self._db.execute("SELECT DISTINCT epoch FROM records ORDER BY epoch") as cur:
+            epochs = [row[0] for row in await cur.fetchall()]
+        for epoch in epochs:
+            prev, expected = self._sealer.genesis(epoch), 1
+            async with self._db.execute(
+                "SELECT seq, nonce, ciphertext, chain FROM records WHERE epoch = ? ORDER BY seq",
+                (epoch,),
+            ) as cursor:
+                async for seq, nonce, ciphertext, chain in cursor:
+                    if seq != expected:
+                        raise QueueCorrupt(epoch, expected, "record missing")
+                    self._sealer.open(epoch, seq, prev, (nonce, ciphertext, chain))
+                    prev, expected, checked = chain, expected + 1, checked + 1
+        return checked
+
+    async def iter_plaintexts(self) -> list[tuple[int, bytes]]:
+        """All records of the current epoch, decrypted and checked, in order."""
+        epoch = await self.epoch()
+        out, prev, expected = [], self._sealer.genesis(epoch), 1
+        async with self._db.execute(
+            "SELECT seq, nonce, ciphertext, chain FROM records WHERE epoch = ? ORDER BY seq",
+            (epoch,),
+        ) as cursor:
+            async for seq, nonce, ciphertext, chain in cursor:
+                if seq != expected:
+                    raise QueueCorrupt(epoch, expected, "record missing")
+                out.append((seq, self._sealer.open(epoch, seq, prev, (nonce, ciphertext, chain))))
+                prev, expected = chain, expected + 1
+        return out
+
+    async def apply_ack(self, epoch: int, acked_seq: int, verdicts: Iterable[tuple[int, str, str]],
+                        when: str) -> None:
+        """Record the server's cumulative position (monotonic) and verdicts."""
+        await self._db.execute("BEGIN IMMEDIATE")
+        try:
+            await self._db.execute(
+                "UPDATE sync_state SET acked_seq = max(acked_seq, ?), last_success = ?, "
+                "last_error = NULL WHERE epoch = ?", (acked_seq, when, epoch))
+            await self._db.executemany(
+                "INSERT OR REPLACE INTO verdicts VALUES (?, ?, ?, ?)",
+                [(epoch, seq, code, message) for seq, code, message in verdicts])
+            await self._db.execute("COMMIT")
+        except BaseException:
+            await self._db.execute("ROLLBACK")
+            raise
+
+    async def rewind(self, epoch: int, server_seq: int) -> None:
+        """The server holds less than we thought (a gap): resend after ``server_seq``."""
+        await self._db.execute("UPDATE sync_state SET acked_seq = ? WHERE epoch = ?",
+                               (server_seq, epoch))
+
+    async def record_error(self, message: str | None) -> None:
+        epoch = await self.epoch()
+        await self._db.execute("UPDATE sync_state SET last_error = ? WHERE epoch = ?",
+                               (message, epoch))
+
+    async def verdicts(self) -> list[tuple[int, str, str]]:
+        epoch = await self.epoch()
+        async with self._db.execute(
+            "SELECT seq, code, message FROM verdicts WHERE epoch = ? ORDER BY seq", (epoch,)
+        ) as cursor:
+            return [tuple(row) for row in await cursor.fetchall()]  # type: ignore[misc]

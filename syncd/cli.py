@@ -1,0 +1,204 @@
+"""``syncd``: the central server and its operator commands.
+
+Exit codes: 0 success; 1 setup problem; 2 bad input or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import re
+import signal
+import sqlite3
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+
+from .app import make_app
+from .config import ServerConfig, ServerPaths, default_data_dir
+from .enrollment import create_token
+from .errors import SetupError, SyncdError
+from .store import SqliteStore
+
+__all__ = ["main"]
+
+log = logging.getLogger("syncd")
+_COMMUNE = re.compile(r"\d{5}")
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+async def _open_store(paths: ServerPaths) -> tuple[ServerConfig, SqliteStore]:
+    config = ServerConfig.load(paths)
+    if not paths.database.exists():
+        raise SetupError(f"database {paths.database.name} is missing in {paths.root}")
+    return config, await SqliteStore.open(paths.database)
+
+
+async def _with_store(args: argparse.Namespace,
+                      work: Callable[[ServerConfig, SqliteStore], Coroutine[Any, Any, int]]
+                      ) -> int:
+    config, store = await _open_store(ServerPaths(args.data_dir))
+    try:
+        return await work(config, store)
+    finally:
+        await store.close()
+
+
+async def cmd_init(args: argparse.Namespace) -> int:
+    paths = ServerPaths(args.data_dir)
+    if paths.config.exists():
+        print(f"{paths.root} is already initialised; nothing changed.", file=sys.stderr)
+        return 0
+    paths.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if not paths.signing_key.exists():
+        key = Ed25519PrivateKey.generate()
+        _write_private(paths.signing_key,
+                       key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption()))
+    store = await SqliteStore.open(paths.database)
+    await store.close()
+    tmp = paths.config.with_suffix(".tmp")
+    tmp.write_text(ServerConfig().to_json(), encoding="utf-8")
+    os.replace(tmp, paths.config)
+    print(f"Initialised syncd data directory {paths.root}", file=sys.stderr)
+    return 0
+
+
+async def cmd_serve(args: argparse.Namespace) -> int:
+    config, store = await _open_store(ServerPaths(args.data_dir))
+    runner = web.AppRunner(make_app(config, store), access_log=None, shutdown_timeout=30)
+    try:
+        await runner.setup()
+        site = web.TCPSite(runner, args.host, args.port, reuse_address=True)
+        await site.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)
+        port = site._server.sockets[0].getsockname()[1] if site._server else args.port  # type: ignore[union-attr]
+        print(f"syncd listening on http://{args.host}:{port}", flush=True)
+        await stop.wait()
+        log.info("shutting down; finishing requests in flight")
+    finally:
+        await runner.cleanup()
+        await store.close()
+    return 0
+
+
+async def cmd_enroll(args: argparse.Namespace) -> int:
+    if not _COMMUNE.fullmatch(args.commune):
+        print("--commune must be a 5-digit commune code", file=sys.stderr)
+        return 2
+
+    async def work(config: ServerConfig, store: SqliteStore) -> int:
+        print(await create_token(store, args.commune, args.name, config.token_ttl_hours))
+        return 0
+    return await _with_store(args, work)
+
+
+def _print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
+    print("\t".join(columns))
+    for row in rows:
+        print("\t".join("" if row.get(c) is None else str(row.get(c)) for c in columns))
+
+
+async def cmd_dossiers(args: argparse.Namespace) -> int:
+    async def work(config: ServerConfig, store: SqliteStore) -> int:
+        rows = await store.dossiers(args.commune)
+        if args.json:
+            print(json.dumps(rows, ensure_ascii=False, indent=1))
+        else:
+            flat = [{**r, "applicant": r["applicant"]["name"]} for r in rows]
+            _print_table(flat, ["code", "commune_code", "procedure_code", "applicant", "status",
+                                "received_at"])
+        return 0
+    return await _with_store(args, work)
+
+
+async def cmd_agents(args: argparse.Namespace) -> int:
+    async def work(config: ServerConfig, store: SqliteStore) -> int:
+        rows = await store.agents()
+        if args.json:
+            print(json.dumps(rows, ensure_ascii=False, indent=1))
+        else:
+            _print_table(rows, ["agent_id", "commune_code", "name", "epoch", "acked_seq",
+                                "last_seen"])
+        return 0
+    return await _with_store(args, work)
+
+
+async def cmd_alerts(args: argparse.Namespace) -> int:
+    async def work(config: ServerConfig, store: SqliteStore) -> int:
+        rows = await store.alerts()
+        if args.json:
+            print(json.dumps(rows, ensure_ascii=False, indent=1))
+        else:
+            _print_table(rows, ["id", "kind", "agent_id", "epoch", "seq", "created_at", "detail"])
+        return 0
+    return await _with_store(args, work)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data-dir", type=Path, default=None,
+                        help="server data directory (default: $SYNCD_DATA_DIR or a per-user "
+                             "folder)")
+    parser = argparse.ArgumentParser(prog="syncd", description="commune-sync central server")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("init", parents=[common], help="create config, keys and database")
+    p.set_defaults(func=cmd_init)
+    p = sub.add_parser("serve", parents=[common], help="run the server until SIGTERM")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8700)
+    p.set_defaults(func=cmd_serve)
+    p = sub.add_parser("enroll", parents=[common], help="print a one-time enrollment token")
+    p.add_argument("--commune", required=True, help="5-digit commune code")
+    p.add_argument("--name", default=None, help="name of the PC or desk")
+    p.set_defaults(func=cmd_enroll)
+    for name, func, text in (("dossiers", cmd_dossiers, "list current dossiers"),
+                             ("agents", cmd_agents, "list enrolled agents"),
+                             ("alerts", cmd_alerts, "list alerts for operators")):
+        p = sub.add_parser(name, parents=[common], help=text)
+        p.add_argument("--json", action="store_true")
+        if name == "dossiers":
+            p.add_argument("--commune", default=None)
+        p.set_defaults(func=func)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    args.data_dir = args.data_dir or default_data_dir()
+    logging.basicConfig(level=logging.INFO if args.command == "serve" else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return asyncio.run(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+    except SyncdError as exc:
+        print(f"syncd: {exc}", file=sys.stderr)
+        return 1
+    except (OSError, sqlite3.Error) as exc:
+        print(f"syncd: {exc.__class__.__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
