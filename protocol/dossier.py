@@ -215,6 +215,12 @@ _APPLICANT_FIELDS = frozenset({
 })
 
 
+def _given(raw: Mapping[str, Any], normalised: dict[str, Any]) -> dict[str, Any]:
+    """Keep only the keys the input gave: nested objects are stored as written
+    (normalised), without defaults, so what comes back is what was sent."""
+    return {key: value for key, value in normalised.items() if key in raw}
+
+
 def _read_applicant(check: _Checker, value: Any) -> dict[str, Any] | None:
     if value is None:
         check.fail("applicant", "bắt buộc", "is required")
@@ -237,7 +243,7 @@ def _read_applicant(check: _Checker, value: Any) -> dict[str, Any] | None:
     email = check.text(value, "email", "applicant.email", max_len=320)
     if email is not None and not _EMAIL.fullmatch(email):
         check.fail("applicant.email", "địa chỉ email không hợp lệ", "not an email address")
-    return {
+    return _given(value, {
         "name": check.text(value, "name", "applicant.name", required=True, max_len=200),
         "type": check.choice(value, "type", "applicant.type", APPLICANT_TYPES, "citizen"),
         "id_type": id_type,
@@ -247,28 +253,28 @@ def _read_applicant(check: _Checker, value: Any) -> dict[str, Any] | None:
         "address": check.text(value, "address", "applicant.address", max_len=500),
         "commune_code": check.pattern(value, "commune_code", "applicant.commune_code",
                                       _COMMUNE_CODE, ("5 chữ số", "5 digits")),
-    }
+    })
 
 
 def _read_fee(check: _Checker) -> Callable[[Mapping[str, Any], str], dict[str, Any]]:
     def read(item: Mapping[str, Any], path: str) -> dict[str, Any]:
         check.unknown(item, frozenset({"name", "amount"}), f"{path}.")
-        return {
+        return _given(item, {
             "name": check.text(item, "name", f"{path}.name", required=True, max_len=200),
             "amount": check.integer(item, "amount", f"{path}.amount", low=0, high=_MAX_VND),
-        }
+        })
     return read
 
 
 def _read_document(check: _Checker) -> Callable[[Mapping[str, Any], str], dict[str, Any]]:
     def read(item: Mapping[str, Any], path: str) -> dict[str, Any]:
         check.unknown(item, frozenset({"name", "copies", "path"}), f"{path}.")
-        return {
+        return _given(item, {
             "name": check.text(item, "name", f"{path}.name", required=True, max_len=300),
             "copies": check.integer(item, "copies", f"{path}.copies", low=1, high=1000,
                                     default=1),
             "path": check.text(item, "path", f"{path}.path", max_len=1024),
-        }
+        })
     return read
 
 
