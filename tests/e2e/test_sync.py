@@ -117,7 +117,7 @@ def _post_batch(server: Server, agent_dir: Path, body: BatchBody,
     request = urllib.request.Request(server.url + "/v1/batches", data=encode_envelope(env),
                                      headers={"Content-Type": MEDIA_TYPE}, method="POST")
     try:
-        with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310
+        with urllib.request.urlopen(request, timeout=10) as resp:
             return resp.status, resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
@@ -212,3 +212,18 @@ def test_unreachable_server_says_what_waits(tmp_path: Path, server: Server,
     assert result.returncode == 3
     assert "2 records still waiting" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_agent_data_directory_holds_no_plaintext(server: Server, agent_dir: Path,
+                                                 tmp_path: Path) -> None:
+    dossiers = make_dossiers(20, seed=21)
+    add(agent_dir, dossiers, tmp_path)
+    agent("sync-now", "--data-dir", str(agent_dir), "--timeout", "30")
+    markers = {d["applicant"]["name"].encode() for d in dossiers}
+    markers |= {d["applicant"]["id_number"].encode() for d in dossiers}
+    for path in agent_dir.iterdir():
+        data = path.read_bytes()
+        for marker in markers:
+            assert marker not in data, (path.name, marker)
+    assert (agent_dir / "queue.key").stat().st_mode & 0o077 == 0
+    assert (agent_dir / "agent.key").stat().st_mode & 0o077 == 0

@@ -1,0 +1,142 @@
+"""The encrypted queue on real SQLite files."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from client.errors import QueueCorrupt, SetupError
+from client.queue import Queue
+
+KEY = bytes(range(32))
+AGENT = "ag-test"
+
+
+async def open_queue(tmp_path: Path, key: bytes = KEY, agent: str = AGENT) -> Queue:
+    return await Queue.open(tmp_path / "queue.db", key, agent, create=True)
+
+
+async def append(queue: Queue, *plaintexts: bytes) -> list[int]:
+    _, seqs = await queue.append(lambda _: [(p, None) for p in plaintexts])
+    return seqs
+
+
+async def test_seq_is_contiguous_and_records_read_back(tmp_path: Path) -> None:
+    queue = await open_queue(tmp_path)
+    assert await append(queue, b"a", b"b") == [1, 2]
+    assert await append(queue, b"c") == [3]
+    pending = await queue.read_pending(max_records=10, max_bytes=1 << 20)
+    assert (pending.first_seq, pending.records, pending.damaged) == (1, (b"a", b"b", b"c"), None)
+    assert await queue.verify() == 3
+    await queue.close()
+    await queue.close()  # idempotent
+
+
+async def test_settings_are_wal_and_full(tmp_path: Path) -> None:
+    queue = await open_queue(tmp_path)
+    await append(queue, b"x")
+    await queue.close()
+    with sqlite3.connect(tmp_path / "queue.db") as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+async def test_ack_moves_forward_only_and_limits_what_is_read(tmp_path: Path) -> None:
+    queue = await open_queue(tmp_path)
+    await append(queue, b"1", b"2", b"3", b"4")
+    await queue.apply_ack(1, 3, [(2, "invalid_record", "bad")], "now")
+    await queue.apply_ack(1, 1, [], "later")  # an old ack arriving late
+    status = await queue.status()
+    assert (status.acked_seq, status.pending, status.refused) == (3, 1, 1)
+    pending = await queue.read_pending(max_records=10, max_bytes=1 << 20)
+    assert (pending.first_seq, pending.records) == (4, (b"4",))
+    await queue.close()
+
+
+async def test_batch_respects_byte_budget_but_always_sends_one(tmp_path: Path) -> None:
+    queue = await open_queue(tmp_path)
+    await append(queue, b"x" * 100, b"y" * 100, b"z" * 100)
+    pending = await queue.read_pending(max_records=10, max_bytes=150)
+    assert pending.records == (b"x" * 100,)
+    pending = await queue.read_pending(max_records=10, max_bytes=10)
+    assert pending.records == (b"x" * 100,)
+    await queue.close()
+
+
+@pytest.mark.parametrize("column", ["ciphertext", "nonce", "chain"])
+async def test_altered_record_is_named_and_never_read(tmp_path: Path, column: str) -> None:
+    queue = await open_queue(tmp_path)
+    await append(queue, b"one", b"two", b"three", b"four")
+    await queue.close()
+    with sqlite3.connect(tmp_path / "queue.db") as db:
+        [value] = db.execute(f"SELECT {column} FROM records WHERE seq = 3").fetchone()
+        db.execute(f"UPDATE records SET {column} = ? WHERE seq = 3",
+                   (bytes([value[0] ^ 0x80]) + value[1:],))
+    queue = await Queue.open(tmp_path / "queue.db", KEY, AGENT)
+    with pytest.raises(QueueCorrupt) as info:
+        await queue.verify()
+    assert info.value.seq == 3
+    pending = await queue.read_pending(max_records=10, max_bytes=1 << 20)
+    assert pending.records == (b"one", b"two")
+    assert pending.damaged is not None and pending.damaged.seq == 3
+    await queue.close()
+
+
+async def test_swapped_and_deleted_records_are_detected(tmp_path: Path) -> None:
+    queue = await open_queue(tmp_path)
+    await append(queue, b"one", b"two", b"three")
+    await queue.close()
+    with sqlite3.connect(tmp_path / "queue.db") as db:
+        rows = {seq: (n, c, h) for seq, n, c, h in
+                db.execute("SELECT seq, nonce, ciphertext, chain FROM records")}
+        db.execute("UPDATE records SET nonce = ?, ciphertext = ?, chain = ? WHERE seq = 1",
+                   rows[2])
+        db.execute("UPDATE records SET nonce = ?, ciphertext = ?, chain = ? WHERE seq = 2",
+                   rows[1])
+    queue = await Queue.open(tmp_path / "queue.db", KEY, AGENT)
+    with pytest.raises(QueueCorrupt) as info:
+        await queue.verify()
+    assert info.value.seq == 1
+    await queue.close()
+    with sqlite3.connect(tmp_path / "queue.db") as db:
+        db.execute("UPDATE records SET nonce = ?, ciphertext = ?, chain = ? WHERE seq = 1",
+                   rows[1])
+        db.execute("UPDATE records SET nonce = ?, ciphertext = ?, chain = ? WHERE seq = 2",
+                   rows[2])
+        db.execute("DELETE FROM records WHERE seq = 2")
+    queue = await Queue.open(tmp_path / "queue.db", KEY, AGENT)
+    with pytest.raises(QueueCorrupt) as info:
+        await queue.verify()
+    assert info.value.seq == 2
+    await queue.close()
+
+
+async def test_wrong_key_or_agent_cannot_read(tmp_path: Path) -> None:
+    queue = await open_queue(tmp_path)
+    await append(queue, b"secret")
+    await queue.close()
+    queue = await Queue.open(tmp_path / "queue.db", os.urandom(32), AGENT)
+    with pytest.raises(QueueCorrupt):
+        await queue.verify()
+    await queue.close()
+    with pytest.raises(SetupError):
+        await Queue.open(tmp_path / "queue.db", KEY, "ag-other")
+
+
+async def test_missing_database_is_a_setup_error(tmp_path: Path) -> None:
+    with pytest.raises(SetupError):
+        await Queue.open(tmp_path / "nope.db", KEY, AGENT)
+
+
+async def test_no_plaintext_in_any_file(tmp_path: Path) -> None:
+    queue = await open_queue(tmp_path)
+    marker = "Giàng Seo Páo 0912345678".encode()
+    await append(queue, b"applicant " + marker)
+    # Look while the queue is still open (WAL file present) and after closing.
+    for _ in range(2):
+        for path in tmp_path.iterdir():
+            assert marker not in path.read_bytes(), path.name
+            assert b"Gi" + "àng".encode() not in path.read_bytes(), path.name
+        await queue.close()
