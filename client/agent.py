@@ -45,6 +45,7 @@ __all__ = ["Agent", "enroll"]
 
 VN_TZ = timezone(timedelta(hours=7))
 MAX_CODES_PER_DAY = 999
+MAX_RECORD_BYTES = 256 * 1024  # well inside the server's per-record limit
 
 
 def _load_or_create_key(paths: AgentPaths) -> Ed25519PrivateKey:
@@ -120,6 +121,31 @@ class Agent:
         received = parse_timestamp(dossier["received_at"]).astimezone(VN_TZ)
         return received.strftime("%y%m%d")
 
+    async def _validate_all(self, items: list[Any]) -> list[dict[str, Any]]:
+        """Validate and identify every dossier, or raise InputError listing all problems."""
+        dossiers, problems = [], []
+        if not items:
+            problems.append("không có hồ sơ nào / no dossier given")
+        for index, item in enumerate(items):
+            prefix = f"#{index + 1} " if len(items) > 1 else ""
+            try:
+                dossier = validate_dossier(item)
+            except ValidationError as exc:
+                problems += [prefix + p.render("vi") + " / " + p.message_en for p in exc.problems]
+                continue
+            dossier["id"] = dossier["id"] or str(uuid.uuid4())
+            if dossier["id"] in {d["id"] for d in dossiers} or await self.queue.has_dossier(
+                    dossier["id"]):
+                problems.append(prefix + "id: mã định danh đã tồn tại / id already exists")
+            if len(encode_event(DossierCreated(dossier))) > MAX_RECORD_BYTES:
+                kib = MAX_RECORD_BYTES // 1024
+                problems.append(prefix + f"hồ sơ quá lớn (tối đa {kib} KiB) / "
+                                f"dossier too large (at most {kib} KiB)")
+            dossiers.append(dossier)
+        if problems:
+            raise InputError("dossiers not added", problems)
+        return dossiers
+
     async def add(self, items: list[Any]) -> list[str]:
         """Validate every dossier, then append them all in one transaction.
 
@@ -129,23 +155,7 @@ class Agent:
         Raises:
             InputError: listing every problem; nothing was added.
         """
-        dossiers, problems = [], []
-        for index, item in enumerate(items):
-            try:
-                dossiers.append(validate_dossier(item))
-            except ValidationError as exc:
-                prefix = f"#{index + 1} " if len(items) > 1 else ""
-                problems += [prefix + p.render("vi") + " / " + p.message_en for p in exc.problems]
-        if not items:
-            problems.append("không có hồ sơ nào / no dossier given")
-        seen: set[str] = set()
-        for index, dossier in enumerate(dossiers):
-            dossier["id"] = dossier["id"] or str(uuid.uuid4())
-            if dossier["id"] in seen or await self.queue.has_dossier(dossier["id"]):
-                problems.append(f"#{index + 1} id: mã định danh đã tồn tại / id already exists")
-            seen.add(dossier["id"])
-        if problems:
-            raise InputError("dossiers not added", problems)
+        dossiers = await self._validate_all(items)
         need_code = [d for d in dossiers if d["code"] is None]
 
         def build(numbers: list[int]) -> list[tuple[bytes, str | None]]:

@@ -184,16 +184,18 @@ class SyncEngine:
             await self._push_all_unlocked()
 
     async def _push_all_unlocked(self) -> None:
+        rewinds = 0
         while True:
             if self._stop is not None and self._stop.is_set():
                 raise Stopped
             status = await self._queue.status()
             if status.pending <= 0:
                 return
-            newly = await self.push_batch()
-            if newly == 0 and (await self._queue.status()).acked_seq == status.acked_seq:
-                # A rewind moved the position back; loop sends from there.
-                continue
+            if await self.push_batch() == 0:
+                # A gap moved the position back; one resend from there must fit.
+                rewinds += 1
+                if rewinds > 2:
+                    raise TransportError("the server keeps reporting a gap")
 
     async def cursor(self) -> Ack:
         """Ask the server where this agent's current epoch stands."""

@@ -46,6 +46,13 @@ def _check_plain(obj: Any, depth: int) -> None:
         raise DecodeError(f"value of type {type(obj).__name__} is not allowed")
 
 
+def _pairs(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise DecodeError("duplicate map key")
+    return obj
+
+
 def unpack(data: bytes, *, max_bytes: int, max_items: int = 100_000) -> Any:
     """Decode exactly one msgpack object from ``data``.
 
@@ -58,6 +65,7 @@ def unpack(data: bytes, *, max_bytes: int, max_items: int = 100_000) -> Any:
     try:
         obj = msgpack.unpackb(
             data, raw=False, strict_map_key=True, use_list=True, timestamp=0,
+            object_pairs_hook=_pairs,
             ext_hook=_reject_ext, max_bin_len=max_bytes, max_str_len=max_bytes,
             max_array_len=max_items, max_map_len=max_items, max_ext_len=0,
         )

@@ -51,16 +51,18 @@ CHANNELS: Mapping[str, int] = {"direct": 1, "online": 2, "postal": 3}
 APPLICANT_TYPES = ("citizen", "business", "agency", "other")
 ID_TYPES = ("cccd", "cmnd", "passport", "tax_code")
 
-_PROCEDURE_CODE = re.compile(r"[123]\.\d{6}(?:[.\-][A-Za-z0-9][A-Za-z0-9.\-]{0,40})?")
-_DOSSIER_CODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._]{0,39}-\d{6}-\d{4,6}")
-_COMMUNE_CODE = re.compile(r"\d{5}")
+_PROCEDURE_CODE = re.compile(r"[123]\.\d{6}(?:[.\-][A-Za-z0-9][A-Za-z0-9.\-]{0,40})?",
+                             re.ASCII)
+_DOSSIER_CODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._]{0,39}-\d{6}-\d{4,6}", re.ASCII)
+_COMMUNE_CODE = re.compile(r"\d{5}", re.ASCII)
 _ID_NUMBER = {
-    "cccd": (re.compile(r"\d{12}"), "12 chữ số", "12 digits"),
-    "cmnd": (re.compile(r"\d{9}|\d{12}"), "9 hoặc 12 chữ số", "9 or 12 digits"),
+    "cccd": (re.compile(r"\d{12}", re.ASCII), "12 chữ số", "12 digits"),
+    "cmnd": (re.compile(r"\d{9}|\d{12}", re.ASCII), "9 hoặc 12 chữ số", "9 or 12 digits"),
     "passport": (re.compile(r"[A-Z0-9]{6,12}"), "6–12 chữ hoặc số", "6–12 letters or digits"),
-    "tax_code": (re.compile(r"\d{10}(?:-\d{3})?"), "10 chữ số (hoặc 10-3)", "10 digits (or 10-3)"),
+    "tax_code": (re.compile(r"\d{10}(?:-\d{3})?", re.ASCII), "10 chữ số (hoặc 10-3)",
+                 "10 digits (or 10-3)"),
 }
-_PHONE = re.compile(r"\+?\d{8,15}")
+_PHONE = re.compile(r"\+?\d{8,15}", re.ASCII)
 _EMAIL = re.compile(r"[^@\s]{1,64}@[^@\s]{1,255}\.[^@\s]{1,63}")
 _MAX_LIST = 200
 _MAX_VND = 10**12
@@ -103,6 +105,8 @@ class _Checker:
             self.fail(path, "phải là chuỗi ký tự", "must be a string")
             return None
         value = normalise_text(value)
+        if multiline:
+            value = value.replace("\r\n", "\n")
         if required and not value:
             self.fail(path, "không được để trống", "must not be empty")
             return None
@@ -129,9 +133,9 @@ class _Checker:
         self, obj: Mapping[str, Any], key: str, path: str, options: tuple[str, ...],
         default: str | None,
     ) -> str | None:
-        value = obj.get(key, default)
+        value = obj.get(key)
         if value is None:
-            return None
+            return default
         if value not in options:
             allowed = ", ".join(options)
             self.fail(path, f"phải là một trong: {allowed}", f"must be one of: {allowed}")
@@ -164,7 +168,9 @@ class _Checker:
         self, obj: Mapping[str, Any], key: str, path: str, *, low: int, high: int,
         default: int | None = None,
     ) -> int | None:
-        value = obj.get(key, default)
+        value = obj.get(key)
+        if value is None:
+            value = default
         if value is None:
             self.fail(path, "bắt buộc", "is required")
             return None

@@ -71,7 +71,8 @@ def _map(data: bytes, kind: str, max_bytes: int) -> dict[str, Any]:
     obj = unpack(data, max_bytes=max_bytes)
     if not isinstance(obj, dict):
         raise DecodeError(f"{kind}: expected a map")
-    if obj.get("v") != PROTOCOL_VERSION:
+    version = obj.get("v")
+    if type(version) is not int or version != PROTOCOL_VERSION:
         raise DecodeError(f"{kind}: unsupported protocol version {obj.get('v')!r}",
                           code=ErrorCode.UNSUPPORTED_VERSION)
     if obj.get("kind") != kind:
@@ -132,7 +133,7 @@ def decode_envelope(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Envelope:
     if not isinstance(obj, list) or len(obj) != 5:
         raise DecodeError("envelope: expected an array of 5")
     version, kind, agent_id, signed, signature = obj
-    if version != PROTOCOL_VERSION:
+    if type(version) is not int or version != PROTOCOL_VERSION:
         raise DecodeError(f"unsupported protocol version {version!r}",
                           code=ErrorCode.UNSUPPORTED_VERSION)
     if not (isinstance(kind, str) and isinstance(agent_id, str) and 0 < len(agent_id) <= 64

@@ -31,7 +31,7 @@ from protocol import (
     decode_event,
 )
 
-from .errors import RequestError
+from .errors import RequestError, StoreError
 from .store import AgentRow, SqliteStore, Txn
 
 __all__ = ["ingest_batch", "read_cursor", "utc_now"]
@@ -86,9 +86,8 @@ async def ingest_batch(store: SqliteStore, agent: AgentRow, body: BatchBody,
             digest_record = hashlib.sha256(data).digest()
             if seq <= hwm:
                 stored = await txn.record(agent.agent_id, epoch, seq)
-                if stored is None:  # position without a record: never written by us
-                    raise RequestError(409, ErrorCode.GAP, "position without records",
-                                       epoch=epoch, acked_seq=0)
+                if stored is None:  # a position without its record: the store is damaged
+                    raise StoreError(f"record {seq} missing below position {hwm}")
                 if stored.hash != digest_record:
                     verdicts.append(Verdict(seq, ErrorCode.CONFLICT,
                                             "same seq already held with different content"))
