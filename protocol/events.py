@@ -182,6 +182,10 @@ def apply_event(dossier: Mapping[str, Any] | None, event: Event) -> dict[str, An
         state["status"] = event.status
         return state
     if isinstance(event, FieldsChanged):
+        bad = sorted(str(k) for k in event.changes if k not in MUTABLE_FIELDS)
+        if bad:
+            raise _problem(f"changes.{bad[0]}", "không được sửa trường này",
+                           "this field cannot be changed")
         state.update(event.changes)
     else:
         state["documents"] = [*state.get("documents", []), dict(event.document)]
