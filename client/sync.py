@@ -162,16 +162,16 @@ class SyncEngine:
         if status != 200:
             raise self._refusal(reply)
         ack = self._decode_ack(reply, pending.epoch, digest)
-        if ack.acked_seq > before.last_seq:
+        last_sent = pending.first_seq + len(pending.records) - 1
+        if ack.acked_seq > last_sent:
             raise RefusedError("server_ahead", "the server holds more records than this queue")
         await self._queue.apply_ack(pending.epoch, ack.acked_seq,
                                     [(v.seq, v.code, v.message) for v in ack.verdicts],
                                     local_now_iso())
         newly = max(0, ack.acked_seq - before.acked_seq)
         if self._progress is not None:
-            self._progress(ack.acked_seq, before.last_seq)
-        if pending.damaged is not None and ack.acked_seq >= pending.first_seq + len(
-                pending.records) - 1:
+            self._progress(ack.acked_seq, max(before.last_seq, last_sent))
+        if pending.damaged is not None and ack.acked_seq >= last_sent:
             raise pending.damaged
         return newly
 

@@ -28,7 +28,9 @@ def _hash(token: str) -> bytes:
 
 async def create_token(store: SqliteStore, commune_code: str, name: str | None,
                        ttl_hours: float) -> str:
-    token = secrets.token_urlsafe(24)  # 192 bits
+    # 192 random bits; the prefix keeps a token from starting with "-", which a
+    # command line would read as an option.
+    token = "cs1." + secrets.token_urlsafe(24)
     now = datetime.now(UTC)
     async with store.write() as txn:
         await txn.run("INSERT INTO tokens (token_hash, commune_code, name, created_at, expires_at)"

@@ -4,6 +4,10 @@ The agent CLI, the daemon and the server are SIGKILLed (and SIGTERMed) at
 seeded random moments; afterwards the queue must verify, and the server must
 hold every saved dossier exactly once, with the fields that were entered.
 
+The last test keeps a desk busy (one dossier committed every millisecond or
+so) while the daemon or a sync-now pushes: concurrent adds must never turn a
+push into a refusal.
+
 Waiting is always on a condition with a deadline. The only deliberate sleeps
 are the seeded random delays that choose *when* a process is killed.
 """
@@ -16,6 +20,8 @@ import re
 import signal
 import sqlite3
 import subprocess
+import sys
+import textwrap
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -25,7 +31,6 @@ from typing import Any
 
 import pytest
 
-from protocol import validate_dossier
 from tests.support.dossiers import make_dossiers
 from tests.support.procs import (
     AGENT,
@@ -51,21 +56,35 @@ def write_items(path: Path, items: list[dict[str, Any]]) -> Path:
     return path
 
 
-def intake(dossier: dict[str, Any]) -> dict[str, Any]:
-    """The normalised intake fields of ``dossier`` (what the officer entered).
+def project(held: Any, given: Any, path: str = "") -> Any:
+    """``held`` cut down to the shape of ``given``: the keys the input gave, recursively.
 
-    Drops identity (assigned by the agent) and what the server adds.
+    Keys the server holds beyond the input must be empty defaults (None), so
+    nothing is invented; the caller compares the result with the input.
     """
-    normal = validate_dossier({k: v for k, v in dossier.items()
-                               if k not in SERVER_ADDED + IDENTITY})
-    return {k: v for k, v in normal.items() if k not in IDENTITY}
+    if isinstance(given, dict) and isinstance(held, dict):
+        for key, value in held.items():
+            if key not in given and key not in SERVER_ADDED + IDENTITY + ("status",):
+                assert value in (None, [], {}), f"{path}{key} = {value!r} was never entered"
+        return {key: project(held.get(key), value, f"{path}{key}.")
+                for key, value in given.items()}
+    if isinstance(given, list) and isinstance(held, list) and len(given) == len(held):
+        return [project(h, g, f"{path}[{i}].")
+                for i, (h, g) in enumerate(zip(held, given, strict=True))]
+    return held
 
 
-def intake_key(dossier: dict[str, Any], *, ignore_status: bool = False) -> str:
-    fields = intake(dossier)
-    if ignore_status:
-        fields.pop("status")
-    return json.dumps(fields, ensure_ascii=False, sort_keys=True)
+def assert_same_dossier(held: dict[str, Any], given: dict[str, Any], status: str) -> None:
+    """The server's dossier carries exactly what was entered, field by field."""
+    assert project(held, given) == given, f"dossier {held['id']} differs on the server"
+    assert held["status"] == status, (held["id"], held["status"], status)
+
+
+def intake_key(dossier: dict[str, Any]) -> tuple[str, ...]:
+    """Fields that single out one generated dossier (random 12-digit id and phone)."""
+    applicant = dossier["applicant"]
+    return (applicant["id_number"], applicant["phone"], dossier["summary"],
+            dossier["received_at"])
 
 
 def queue_position(data_dir: Path) -> tuple[int, int]:
@@ -82,6 +101,51 @@ def queue_position(data_dir: Path) -> tuple[int, int]:
             "(SELECT acked_seq FROM sync_state WHERE epoch = m.value) "
             "FROM meta m WHERE m.key = 'epoch'").fetchone()
     return int(row[0]), int(row[1])
+
+
+def queue_last_error(data_dir: Path) -> str | None:
+    with closing(sqlite3.connect(data_dir / "queue.db", timeout=10,
+                                 isolation_level=None)) as db:
+        row = db.execute("SELECT last_error FROM sync_state WHERE epoch = "
+                         "(SELECT value FROM meta WHERE key = 'epoch')").fetchone()
+    return None if row is None else row[0]
+
+
+# A desk that records dossiers one at a time, each its own durable transaction,
+# through the same Agent.add the `add` command uses (a CLI process per dossier
+# would cost ~0.3 s each; this commits one every millisecond or so).
+WRITER = textwrap.dedent("""
+    import asyncio, json, sys
+    from pathlib import Path
+    from client.agent import Agent
+    from client.config import AgentPaths
+
+    async def main():
+        items = json.loads(Path(sys.argv[2]).read_text(encoding="utf-8"))
+        agent = await Agent.open(AgentPaths(Path(sys.argv[1])))
+        try:
+            for item in items:
+                for dossier_id in await agent.add([item]):
+                    print(dossier_id, flush=True)
+        finally:
+            await agent.close()
+
+    asyncio.run(main())
+""")
+
+
+def start_writer(data_dir: Path, path: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-c", WRITER, str(data_dir), str(path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=cli_env())
+
+
+def server_position(server: Server) -> int:
+    """The server's acked_seq for its only agent, read straight from syncd.db (cheap)."""
+    with closing(sqlite3.connect(server.data_dir / "syncd.db", timeout=10,
+                                 isolation_level=None)) as db:
+        row = db.execute("SELECT coalesce(max(acked_seq), 0) FROM positions").fetchone()
+    return int(row[0])
 
 
 def start_agent(*args: str, log: Path | None = None) -> subprocess.Popen[str]:
@@ -118,9 +182,9 @@ def finish(proc: subprocess.Popen[str], *, timeout_s: float = 120.0) -> tuple[st
     except subprocess.TimeoutExpired:
         proc.kill()
         out, err = proc.communicate()
-        raise AssertionError(f"{proc.args} still running after {timeout_s} s\n"
+        raise AssertionError(f"{proc.args!r} still running after {timeout_s} s\n"
                              f"stdout: {out}\nstderr: {err}") from None
-    assert proc.returncode == 0, (f"{proc.args} exited {proc.returncode}\n"
+    assert proc.returncode == 0, (f"{proc.args!r} exited {proc.returncode}\n"
                                   f"stdout: {out}\nstderr: {err}")
     return out or "", err or ""
 
@@ -165,10 +229,8 @@ def assert_server_holds_exactly(server: Server, agent_id: str,
         assert dossier["agent_id"] == agent_id
         assert dossier["commune_code"] == "01234"
         assert CODE.fullmatch(dossier["code"]), dossier["code"]
-        want = intake(expected[dossier["id"]])
-        want["status"] = statuses.get(dossier["id"], want["status"])
-        got = {k: v for k, v in dossier.items() if k not in SERVER_ADDED + IDENTITY}
-        assert got == want, f"dossier {dossier['id']} differs on the server"
+        assert_same_dossier(dossier, expected[dossier["id"]],
+                            statuses.get(dossier["id"], "received"))
     return held
 
 
@@ -261,25 +323,41 @@ def test_sigkill_during_sync_now_delivers_exactly_once(server: Server, agent_dir
         expected.update(zip(ids, items, strict=True))
 
     add(make_dossiers(300, seed=2000), "first.json")
-    codes = []
+    outcomes: list[str] = []
     for i in range(10):
+        acked_before = queue_position(agent_dir)[1]
         proc = start_agent("sync-now", "--data-dir", str(agent_dir), "--timeout", "60")
         try:
-            time.sleep(rng.uniform(0.05, 0.8))  # when to pull the plug (seeded)
+            if i % 2 == 0:
+                time.sleep(rng.uniform(0.05, 0.35))  # when to pull the plug (seeded)
+            else:
+                # Aim for the worst moment: the server has committed a batch, the
+                # agent has not recorded the ack yet (the ack is lost).
+                def ack_in_flight(proc: subprocess.Popen[str] = proc) -> bool:
+                    return (proc.poll() is not None
+                            or server_position(server) > queue_position(agent_dir)[1])
+
+                wait_until(ack_in_flight, timeout_s=60, interval_s=0.001,
+                           what="the server to commit")
             code, _, err = kill_and_reap(proc)
         finally:
             reap([proc])
         assert code in (0, -signal.SIGKILL), f"sync-now exited {code}: {err}"
-        codes.append(code)
-        add(make_dossiers(rng.randint(1, 8), seed=2100 + i), f"more-{i}.json")
-    assert codes.count(-signal.SIGKILL) > 0, "no sync-now was killed"
+        last, acked = queue_position(agent_dir)
+        held = server_position(server)
+        assert acked_before <= acked <= held <= last, (acked_before, acked, held, last)
+        outcomes.append("completed" if code == 0 else "ack lost" if held > acked
+                        else "between batches" if acked_before < acked < last
+                        else "after last ack" if acked == last else "before any ack")
+        add(make_dossiers(rng.randint(20, 120), seed=2100 + i), f"more-{i}.json")
+    assert "ack lost" in outcomes, f"no kill landed between commit and ack: {outcomes}"
 
     sync_now(agent_dir)
     total = len(expected)
     assert_verifies(agent_dir, total)
     status = assert_positions_agree(server, agent_dir, total)
     assert_server_holds_exactly(server, status["agent_id"], expected)
-    print(f"sync-now exit codes: {codes}; {total} dossiers")
+    print(f"sync-now kills: {outcomes}; {total} dossiers")
 
 
 # --------------------------------------------------------------------------- 3. server
@@ -330,6 +408,10 @@ def _wait_drained(data_dir: Path, records: int, daemon: subprocess.Popen[str],
                   log: Path, timeout_s: float = 60) -> None:
     def drained() -> bool:
         assert daemon.poll() is None, f"daemon exited {daemon.returncode}:\n{log.read_text()}"
+        error = queue_last_error(data_dir)
+        assert not (error and "server_ahead" in error), (
+            f"the daemon refused its own batch (see test_sync_while_dossiers_are_being_added):"
+            f" {error!r}\n{log.read_text()}")
         return queue_position(data_dir) == (records, records)
 
     wait_until(drained, timeout_s=timeout_s, interval_s=0.05,
@@ -396,32 +478,123 @@ def test_daemon_concurrent_cli_and_crash(server: Server, agent_dir: Path,
         assert_server_holds_exactly(server, status["agent_id"], expected, statuses)
         assert _sigterm(daemon, log) < 5.0, "daemon took too long to stop on SIGTERM"
 
+        def add_big(seed: int) -> None:
+            nonlocal records
+            cmd_big, items_big = add_cmd(1500, seed)
+            expected.update(zip(run_all([cmd_big])[0].split(), items_big, strict=True))
+            records += 1500
+
+        def wait_mid_push(after: int) -> None:
+            def moment() -> str | None:
+                acked = queue_position(agent_dir)[1]
+                return "mid-push" if after < acked < records else \
+                    "finished" if acked >= records else None
+
+            when = wait_until(moment, timeout_s=60, interval_s=0.002,
+                              what="the daemon to be in the middle of a push")
+            assert when == "mid-push", "the daemon finished before it could be stopped mid-push"
+
         # SIGKILL the daemon in the middle of a long push, then restart it.
-        cmd_big, items_big = add_cmd(1500, 4100)
-        expected.update(zip(run_all([cmd_big])[0].split(), items_big, strict=True))
-        before, records = records, records + 1500
+        before = records
+        add_big(4100)
         daemon = start_agent("run", "--data-dir", str(agent_dir), log=log)
         procs.append(daemon)
-
-        def moment() -> str | None:
-            if before < queue_position(agent_dir)[1] < records:
-                return "mid-sync"
-            return "finished" if queue_position(agent_dir)[1] >= records else None
-
-        when = wait_until(moment, timeout_s=60, interval_s=0.002,
-                          what="the daemon to be in the middle of a push")
-        assert when == "mid-sync", "the daemon finished before it could be killed mid-push"
+        wait_mid_push(before)
         code, _, _ = kill_and_reap(daemon)
         assert code == -signal.SIGKILL
+        killed_at = queue_position(agent_dir)[1]
+
+        # Restarted, it resumes; SIGTERM in the middle of that push finishes the
+        # batch in flight, records its ack and exits 0.
+        add_big(4101)
+        daemon = start_agent("run", "--data-dir", str(agent_dir), log=log)
+        procs.append(daemon)
+        wait_mid_push(killed_at)
+        assert _sigterm(daemon, log) < 5.0, "daemon took too long to stop on SIGTERM mid-push"
+        last, acked = queue_position(agent_dir)
+        assert acked == server_position(server), \
+            "a graceful stop lost the ack of the batch in flight"
+        assert last == records
+
+        # And once more, with a status change made while it catches up.
         daemon = start_agent("run", "--data-dir", str(agent_dir), log=log)
         procs.append(daemon)
         run_all([update_cmd(ids_b[1], "processing")])
         records += 1
         _wait_drained(agent_dir, records, daemon, log)
         assert _sigterm(daemon, log) < 5.0, "daemon took too long to stop on SIGTERM"
+
+        # With the server gone, the daemon retries with backoff; SIGTERM still stops it.
+        server.stop(signal.SIGKILL)
+        cmd_d, items_d = add_cmd(5, 4200)
+        expected.update(zip(run_all([cmd_d])[0].split(), items_d, strict=True))
+        records += 5
+        daemon = start_agent("run", "--data-dir", str(agent_dir), log=log)
+        procs.append(daemon)
+        wait_until(lambda: queue_last_error(agent_dir), timeout_s=30,
+                   what="the daemon to fail against the stopped server")
+        assert _sigterm(daemon, log) < 5.0, "daemon in backoff took too long to stop"
+        server.start()
+        sync_now(agent_dir)
     finally:
         reap(procs)
 
     assert_verifies(agent_dir, records)
     status = assert_positions_agree(server, agent_dir, records)
     assert_server_holds_exactly(server, status["agent_id"], expected, statuses)
+
+
+# --------------------------------------------------------------------------- 5. busy desk
+
+
+@pytest.mark.parametrize("mode", ["run", "sync-now"])
+def test_sync_while_dossiers_are_being_added(server: Server, agent_dir: Path, tmp_path: Path,
+                                            mode: str) -> None:
+    """Records committed while a batch is being prepared are not a refusal.
+
+    An officer keeps recording dossiers while the daemon (or a sync-now)
+    pushes; whatever the interleaving, the push must not refuse itself, and
+    every dossier arrives exactly once.
+    """
+    n = 1000
+    items = make_dossiers(n, seed=5000)
+    path = write_items(tmp_path / "desk.json", items)
+    log = tmp_path / f"{mode}.log"
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        if mode == "run":
+            syncer = start_agent("run", "--data-dir", str(agent_dir), log=log)
+            procs.append(syncer)
+        writer = start_writer(agent_dir, path)
+        procs.append(writer)
+        if mode == "sync-now":
+            wait_until(lambda: queue_position(agent_dir)[0] > 0, what="the first dossier")
+            syncer = start_agent("sync-now", "--data-dir", str(agent_dir), "--timeout", "60",
+                                 log=log)
+            procs.append(syncer)
+        ids = finish(writer, timeout_s=60)[0].split()
+        assert len(ids) == n
+
+        def pushed_all() -> bool:
+            error = queue_last_error(agent_dir)
+            assert not (error and "server_ahead" in error), (
+                f"`{mode}` refused its own batch because dossiers were added while it was "
+                f"being prepared (last_error: {error!r}):\n{log.read_text()}")
+            if mode == "run":
+                assert syncer.poll() is None, f"daemon exited:\n{log.read_text()}"
+                return queue_position(agent_dir) == (n, n)
+            return syncer.poll() is not None
+
+        wait_until(pushed_all, timeout_s=60, interval_s=0.02, what=f"`{mode}` to push")
+        if mode == "run":
+            assert _sigterm(syncer, log) < 5.0
+        else:
+            assert syncer.returncode == 0, f"sync-now exited {syncer.returncode}:\n" \
+                                           f"{log.read_text()}"
+            sync_now(agent_dir)  # whatever was added after it found nothing pending
+    finally:
+        reap(procs)
+
+    assert_verifies(agent_dir, n)
+    status = assert_positions_agree(server, agent_dir, n)
+    assert_server_holds_exactly(server, status["agent_id"], dict(zip(ids, items, strict=True)))
