@@ -21,6 +21,7 @@ from protocol import (
     DossierCreated,
     StatusChanged,
     ValidationError,
+    derive_dossier_id,
     encode_event,
     validate_dossier,
     validate_status,
@@ -133,9 +134,9 @@ class Agent:
             except ValidationError as exc:
                 problems += [prefix + p.render("vi") + " / " + p.message_en for p in exc.problems]
                 continue
-            dossier["id"] = dossier["id"] or str(uuid.uuid4())
-            if dossier["id"] in {d["id"] for d in dossiers} or await self.queue.has_dossier(
-                    dossier["id"]):
+            if dossier["id"] is not None and (
+                    dossier["id"] in {d["id"] for d in dossiers}
+                    or await self.queue.has_dossier(dossier["id"])):
                 problems.append(prefix + "id: mã định danh đã tồn tại / id already exists")
             if len(encode_event(DossierCreated(dossier))) > MAX_RECORD_BYTES:
                 kib = MAX_RECORD_BYTES // 1024
@@ -158,14 +159,21 @@ class Agent:
         dossiers = await self._validate_all(items)
         need_code = [d for d in dossiers if d["code"] is None]
 
-        def build(numbers: list[int]) -> list[tuple[bytes, str | None]]:
+        def build(numbers: list[int], epoch: int, first_seq: int
+                  ) -> list[tuple[bytes, str | None]]:
             for dossier, number in zip(need_code, numbers, strict=True):
                 if number > MAX_CODES_PER_DAY:
                     raise InputError("dossier code counter exhausted for the day")
                 serial = self.config.counter_block * 1000 + number
                 day = self._code_day(dossier)
                 dossier["code"] = f"{self.config.commune_code}-{day}-{serial:04d}"
-            return [(encode_event(DossierCreated(d)), d["id"]) for d in dossiers]
+            records = []
+            for seq, dossier in enumerate(dossiers, start=first_seq):
+                derived = dossier["id"] is None
+                if derived:
+                    dossier["id"] = derive_dossier_id(self.config.agent_id, epoch, seq)
+                records.append((encode_event(DossierCreated(dossier, derived)), dossier["id"]))
+            return records
 
         try:
             await self.queue.append(build, [self._code_day(d) for d in need_code])
@@ -191,5 +199,5 @@ class Agent:
             raise InputError("unknown dossier", [
                 f"không tìm thấy hồ sơ {canonical} / no dossier {canonical} in this queue"])
         event = StatusChanged(canonical, status, local_now_iso(), by, note)
-        _, seqs = await self.queue.append(lambda _: [(encode_event(event), None)])
+        _, seqs = await self.queue.append(lambda *_: [(encode_event(event), None)])
         return seqs[0]

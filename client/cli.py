@@ -142,6 +142,7 @@ async def cmd_sync_now(args: argparse.Namespace, say: Messages) -> int:
         engine = SyncEngine(agent.queue, agent.config, agent.key, transport,
                             lock_path=paths.sync_lock, progress=progress)
         reason = None
+        await agent.queue.wake()  # a running daemon stops waiting out its backoff
         try:
             async with asyncio.timeout(args.timeout):
                 await engine.push_until_done(timeout_s=args.timeout)

@@ -61,9 +61,20 @@ class SyncError(AgentError):
 
 
 class TransportError(SyncError):
-    """The server could not be reached properly; trying again may help."""
+    """The server could not be reached properly; trying again may help.
+
+    ``retry_after_s`` carries a server's ``Retry-After``; ``timeout`` says the
+    request timed out or the connection was reset mid-way (the link may be
+    too slow for the batch size).
+    """
 
     retriable = True
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None,
+                 timeout: bool = False) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+        self.timeout = timeout
 
 
 class RefusedError(SyncError):

@@ -196,15 +196,16 @@ class Queue:
         return (row[0], row[1]) if row else (0, self._sealer.genesis(epoch))
 
     async def append(
-        self, build: Callable[[list[int]], list[tuple[bytes, str | None]]],
+        self, build: Callable[[list[int], int, int], list[tuple[bytes, str | None]]],
         code_days: Iterable[str] = (),
     ) -> tuple[int, list[int]]:
         """Append records in one durable transaction.
 
         Args:
             build: given the code numbers allocated (one per ``code_days``
-                entry, from that day's counter), returns the records to append
-                in order, each as ``(plaintext, id of the dossier it creates or None)``.
+                entry, from that day's counter), the epoch and the first seq,
+                returns the records to append in order, each as
+                ``(plaintext, id of the dossier it creates or None)``.
             code_days: one ``yyMMdd`` per official code to allocate.
 
         Returns:
@@ -216,7 +217,7 @@ class Queue:
             numbers = [await self._next_code(day) for day in code_days]
             seq, prev = await self._tail(epoch)
             seqs = []
-            for plaintext, new_dossier_id in build(numbers):
+            for plaintext, new_dossier_id in build(numbers, epoch, seq + 1):
                 seq += 1
                 nonce, ciphertext, prev = self._sealer.seal(epoch, seq, prev, plaintext)
                 await self._db.execute("INSERT INTO records VALUES (?, ?, ?, ?, ?)",
@@ -338,6 +339,16 @@ class Queue:
         """The server holds less than we thought (a gap): resend after ``server_seq``."""
         await self._db.execute("UPDATE sync_state SET acked_seq = ? WHERE epoch = ?",
                                (server_seq, epoch))
+
+    async def wake_token(self) -> int:
+        """A counter ``sync-now`` bumps to cut a waiting daemon's backoff short."""
+        row = await self._one("SELECT value FROM meta WHERE key = 'wake'")
+        return int(row[0]) if row else 0
+
+    async def wake(self) -> None:
+        await self._db.execute(
+            "INSERT INTO meta VALUES ('wake', 1) "
+            "ON CONFLICT (key) DO UPDATE SET value = value + 1")
 
     async def record_error(self, message: str | None) -> None:
         epoch = await self.epoch()

@@ -8,15 +8,20 @@ Rules:
   and the very batch sent; anything else (a captive portal's 200 page, say)
   is a transport failure and changes nothing.
 * Retries happen at this layer only, with full-jitter exponential backoff
-  (tenacity); refusals (4xx verdicts) and damaged records are not retried
-  here: :func:`push_until_done` reports them.
+  (tenacity), a server's ``Retry-After`` honoured and capped; refusals (4xx
+  verdicts) and damaged records are not retried here:
+  :meth:`SyncEngine.push_until_done` reports them.
+* Batches follow the link (:mod:`client.pacing`): a few seconds of airtime
+  each, request timeouts from size and measured rate.
+* A waiting engine probes cheaply; when the link is back, or ``sync-now``
+  asks (the queue's wake counter), it sends at once instead of sleeping on.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -24,13 +29,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception,
-    stop_after_delay,
-    stop_never,
-    wait_random_exponential,
-)
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_never
 
 from protocol import (
     MEDIA_TYPE,
@@ -40,6 +39,7 @@ from protocol import (
     DecodeError,
     ErrorCode,
 )
+from protocol.compression import level_for_rate
 from protocol.messages import (
     batch_digest,
     decode_ack,
@@ -53,7 +53,9 @@ from protocol.signing import sign_envelope
 from .config import AgentConfig
 from .errors import AgentError, RefusedError, SyncError, TransportError
 from .lock import SyncLock
+from .pacing import LinkPacer, full_jitter
 from .queue import Queue
+from .transport import HttpTransport, Reply
 
 __all__ = ["Stopped", "SyncEngine", "SyncLimits", "local_now_iso"]
 
@@ -72,52 +74,81 @@ class Stopped(Exception):
 
 @dataclass(frozen=True)
 class SyncLimits:
-    max_batch_records: int = 500
-    max_batch_bytes: int = 512 * 1024
-    backoff_base_s: float = 0.5
+    max_batch_records: int = 5_000
+    backoff_base_s: float = 1.0
     backoff_cap_s: float = 60.0
+    probe_interval_s: float = 3.0
+    wait_slice_s: float = 0.25
 
 
 class SyncEngine:
     """Pushes one agent's queue to syncd."""
 
     def __init__(self, queue: Queue, config: AgentConfig, key: Ed25519PrivateKey,
-                 transport: object, *, limits: SyncLimits | None = None,
+                 transport: HttpTransport, *, limits: SyncLimits | None = None,
+                 pacer: LinkPacer | None = None,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 clock: Callable[[], float] = time.monotonic,
                  progress: Callable[[int, int], None] | None = None,
-                 lock_path: Path | None = None, stop: asyncio.Event | None = None) -> None:
+                 lock_path: Path | None = None, stop: asyncio.Event | None = None,
+                 rng: random.Random | None = None) -> None:
         self._queue = queue
         self._config = config
         self._key = key
         self._transport = transport
         self.limits = limits or SyncLimits()
+        self.pacer = pacer or LinkPacer()
         self._sleep = sleep
+        self._clock = clock
         self._progress = progress
         self._lock_path = lock_path
         self._stop = stop
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not secrecy
 
-    async def pause(self, seconds: float) -> None:
-        """Wait ``seconds``, or raise Stopped as soon as a stop is requested."""
-        if self._stop is None:
-            await self._sleep(seconds)
-            return
-        if self._stop.is_set():
-            raise Stopped
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop.wait(), seconds)
-        if self._stop.is_set():
+    def _check_stop(self) -> None:
+        if self._stop is not None and self._stop.is_set():
             raise Stopped
 
-    async def _post(self, path: str, signed: bytes, kind: str) -> tuple[object, bytes]:
+    async def pause(self, seconds: float, *, probe: bool = False) -> None:
+        """Wait up to ``seconds``; return early when woken or, with ``probe``,
+        when a cheap probe finds the server reachable. Raises Stopped on stop."""
+        now = self._clock()
+        deadline, next_probe = now + seconds, now + self.limits.probe_interval_s
+        wake = await self._queue.wake_token()
+        while (now := self._clock()) < deadline:
+            self._check_stop()
+            if await self._queue.wake_token() != wake:
+                log.info("woken by sync-now")
+                return
+            if probe and now >= next_probe:
+                if await self._transport.probe(timeout_s=min(10.0, 4 * self.pacer.rtt_s + 2)):
+                    log.info("link is back; sending now")
+                    return
+                next_probe = self._clock() + self.limits.probe_interval_s
+            await self._sleep(min(self.limits.wait_slice_s, deadline - now))
+        self._check_stop()
+
+    async def _post(self, path: str, signed: bytes, kind: str,
+                    raw_bytes: int = 0) -> tuple[Reply, bytes]:
         env = sign_envelope(self._key, kind, self._config.agent_id, signed)
-        reply = await self._transport.post(path, encode_envelope(env))  # type: ignore[attr-defined]
+        body = encode_envelope(env)
+        started = self._clock()
+        try:
+            reply = await self._transport.post(path, body,
+                                               timeout_s=self.pacer.timeout_s(len(body)))
+        except TransportError as exc:
+            if exc.timeout:
+                self.pacer.on_failure()
+            raise
+        if reply.status == 200:
+            self.pacer.on_success(len(body), self._clock() - started, raw_bytes)
         return reply, batch_digest(env)
 
-    def _decode_ack(self, reply: object, epoch: int, digest: bytes | None) -> Ack:
+    def _decode_ack(self, reply: Reply, epoch: int, digest: bytes | None) -> Ack:
         try:
-            if reply.content_type != MEDIA_TYPE:  # type: ignore[attr-defined]
-                raise DecodeError(f"reply of type {reply.content_type!r}")  # type: ignore[attr-defined]
-            ack = decode_ack(reply.body)  # type: ignore[attr-defined]
+            if reply.content_type != MEDIA_TYPE:
+                raise DecodeError(f"reply of type {reply.content_type!r}")
+            ack = decode_ack(reply.body)
         except DecodeError as exc:
             raise TransportError(f"the server's reply is not a valid ack ({exc})") from exc
         if ack.agent_id != self._config.agent_id or ack.epoch != epoch or (
@@ -125,14 +156,15 @@ class SyncEngine:
             raise TransportError("the ack does not match the batch sent")
         return ack
 
-    def _refusal(self, reply: object) -> SyncError:
-        status = reply.status  # type: ignore[attr-defined]
+    def _refusal(self, reply: Reply) -> SyncError:
         try:
-            err = decode_error(reply.body)  # type: ignore[attr-defined]
+            err = decode_error(reply.body)
         except DecodeError:
-            return TransportError(f"HTTP {status} without a protocol answer")
-        if status == 429 or status >= 500:
-            return TransportError(f"HTTP {status}: {err.code}: {err.message}")
+            return TransportError(f"HTTP {reply.status} without a protocol answer",
+                                  retry_after_s=reply.retry_after_s)
+        if reply.status in (408, 429) or reply.status >= 500:
+            return TransportError(f"HTTP {reply.status}: {err.code}: {err.message}",
+                                  retry_after_s=reply.retry_after_s)
         return RefusedError(err.code, err.message)
 
     async def push_batch(self) -> int:
@@ -142,38 +174,40 @@ class SyncEngine:
         """
         before = await self._queue.status()
         pending = await self._queue.read_pending(max_records=self.limits.max_batch_records,
-                                                 max_bytes=self.limits.max_batch_bytes)
+                                                 max_bytes=self.pacer.raw_budget_bytes())
         if not pending.records:
             if pending.damaged is not None:
                 raise pending.damaged
             return 0
         body = BatchBody(pending.epoch, pending.first_seq, pending.records, local_now_iso())
-        reply, digest = await self._post("/v1/batches", encode_batch_body(body), "batch")
-        status = reply.status  # type: ignore[attr-defined]
-        if status == 409:
+        raw = sum(len(r) for r in pending.records)
+        signed = encode_batch_body(body, level=level_for_rate(self.pacer.rate_bps))
+        reply, digest = await self._post("/v1/batches", signed, "batch", raw)
+        if reply.status == 409:
             refusal = self._refusal(reply)
             if isinstance(refusal, RefusedError) and refusal.code == ErrorCode.GAP:
-                err = decode_error(reply.body)  # type: ignore[attr-defined]
+                err = decode_error(reply.body)
                 if err.acked_seq is not None and err.acked_seq < pending.first_seq:
                     log.warning("server holds up to seq %d; resending from there", err.acked_seq)
                     await self._queue.rewind(pending.epoch, err.acked_seq)
                     return 0
             raise refusal
-        if status != 200:
+        if reply.status != 200:
             raise self._refusal(reply)
         ack = self._decode_ack(reply, pending.epoch, digest)
         last_sent = pending.first_seq + len(pending.records) - 1
-        if ack.acked_seq > last_sent:
+        # The ack may cover more than this batch (an earlier, larger batch whose
+        # answer was lost), but never more than the queue holds.
+        if ack.acked_seq > last_sent and ack.acked_seq > (await self._queue.status()).last_seq:
             raise RefusedError("server_ahead", "the server holds more records than this queue")
         await self._queue.apply_ack(pending.epoch, ack.acked_seq,
                                     [(v.seq, v.code, v.message) for v in ack.verdicts],
                                     local_now_iso())
-        newly = max(0, ack.acked_seq - before.acked_seq)
         if self._progress is not None:
             self._progress(ack.acked_seq, max(before.last_seq, last_sent))
         if pending.damaged is not None and ack.acked_seq >= last_sent:
             raise pending.damaged
-        return newly
+        return max(0, ack.acked_seq - before.acked_seq)
 
     async def push_all(self) -> None:
         """Push until nothing is pending (one attempt per batch, no retry)."""
@@ -186,8 +220,7 @@ class SyncEngine:
     async def _push_all_unlocked(self) -> None:
         rewinds = 0
         while True:
-            if self._stop is not None and self._stop.is_set():
-                raise Stopped
+            self._check_stop()
             status = await self._queue.status()
             if status.pending <= 0:
                 return
@@ -202,37 +235,46 @@ class SyncEngine:
         epoch = await self._queue.epoch()
         signed = encode_cursor_request(CursorRequest(epoch, local_now_iso()))
         reply, _ = await self._post("/v1/cursor", signed, "cursor")
-        if reply.status != 200:  # type: ignore[attr-defined]
+        if reply.status != 200:
             raise self._refusal(reply)
         return self._decode_ack(reply, epoch, None)
+
+    def _wait_s(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        retry_after = getattr(exc, "retry_after_s", None)
+        return full_jitter(state.attempt_number, self.limits.backoff_base_s,
+                           self.limits.backoff_cap_s, self._rng, retry_after)
 
     async def push_until_done(self, *, timeout_s: float | None = None,
                               on_retry: Callable[[AgentError], Awaitable[None]] | None = None,
                               ) -> None:
         """Push with retries until every record is acknowledged.
 
-        Retries transport failures with full-jitter exponential backoff, for
-        ever when ``timeout_s`` is None. Refusals and damage are raised.
+        Retries transport failures for ever (or until ``timeout_s``), waiting
+        with full jitter but sending at once when a probe or ``sync-now``
+        says so. Refusals and damage are raised.
         """
-        started = time.monotonic()
+        started = self._clock()
         deadline = None if timeout_s is None else started + timeout_s
 
         async def sleep(seconds: float) -> None:
             if deadline is not None:
-                seconds = min(seconds, max(0.0, deadline - time.monotonic()))
-            await self.pause(seconds)
+                seconds = min(seconds, max(0.0, deadline - self._clock()))
+            await self.pause(seconds, probe=True)
 
-        async def before_sleep(state: object) -> None:
-            exc = state.outcome.exception()  # type: ignore[attr-defined]
+        async def before_sleep(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
             await self._queue.record_error(str(exc))
-            if on_retry is not None:
+            log.info("sync attempt %d failed: %s", state.attempt_number, exc)
+            if on_retry is not None and isinstance(exc, AgentError):
                 await on_retry(exc)
+
+        def stop(state: RetryCallState) -> bool:
+            return deadline is not None and self._clock() >= deadline
 
         retrying = AsyncRetrying(
             retry=retry_if_exception(lambda e: isinstance(e, AgentError) and e.retriable),
-            wait=wait_random_exponential(multiplier=self.limits.backoff_base_s,
-                                         max=self.limits.backoff_cap_s),
-            stop=stop_never if timeout_s is None else stop_after_delay(timeout_s),
+            wait=self._wait_s, stop=stop_never if deadline is None else stop,
             sleep=sleep, before_sleep=before_sleep, reraise=True,
         )
         try:
@@ -242,4 +284,4 @@ class SyncEngine:
         except AgentError as exc:
             await self._queue.record_error(str(exc))
             raise
-        log.info("queue drained in %.1f s", time.monotonic() - started)
+        log.info("queue drained in %.1f s", self._clock() - started)

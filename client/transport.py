@@ -1,7 +1,8 @@
 """HTTP transport to syncd: one aiohttp session, bytes in and out.
 
 Every lower-layer failure becomes :class:`TransportError` (retriable) here,
-so the sync engine reasons only in protocol terms.
+so the sync engine reasons only in protocol terms. Timeouts are per request:
+the engine sizes them from the payload and the link's measured rate.
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ def _retry_after(value: str | None) -> float | None:
     if value is None:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         return None
+    return seconds if 0 <= seconds < 86_400 else None
 
 
 class HttpTransport:
@@ -40,26 +42,48 @@ class HttpTransport:
     def __init__(self, base_url: str, *, timeout_s: float = 60.0,
                  max_reply_bytes: int = 1024 * 1024) -> None:
         self._base = base_url.rstrip("/")
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=min(timeout_s, 15))
+        self._default_timeout_s = timeout_s
         self._max_reply = max_reply_bytes
         self._session: aiohttp.ClientSession | None = None
 
-    async def post(self, path: str, body: bytes) -> Reply:
-        """POST ``body``; return the reply, or raise TransportError."""
+    def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
+            # No automatic retries or redirects underneath: retrying is the engine's job.
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=4, keepalive_timeout=30),
+                skip_auto_headers=("User-Agent",))
+        return self._session
+
+    async def post(self, path: str, body: bytes, *, timeout_s: float | None = None) -> Reply:
+        """POST ``body``; return the reply, or raise TransportError."""
+        total = timeout_s or self._default_timeout_s
+        timeout = aiohttp.ClientTimeout(total=total, sock_connect=min(total, 20))
         try:
-            async with self._session.post(
-                self._base + path, data=body,
-                headers={"Content-Type": MEDIA_TYPE, "Accept": MEDIA_TYPE},
+            async with self._client().post(
+                self._base + path, data=body, timeout=timeout, allow_redirects=False,
+                headers={"Content-Type": MEDIA_TYPE},
             ) as resp:
                 data = await resp.content.read(self._max_reply + 1)
                 if len(data) > self._max_reply:
                     raise TransportError("reply too large")
                 return Reply(resp.status, resp.content_type, data,
                              _retry_after(resp.headers.get("Retry-After")))
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise TransportError(f"{exc.__class__.__name__}: {exc}") from exc
+        except TimeoutError as exc:
+            raise TransportError(f"no answer within {total:.0f} s", timeout=True) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            reset = isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError)
+            raise TransportError(f"{exc.__class__.__name__}: {exc}", timeout=reset) from exc
+
+    async def probe(self, *, timeout_s: float = 10.0) -> bool:
+        """A cheap check that the server answers at all (GET /healthz)."""
+        timeout = aiohttp.ClientTimeout(total=timeout_s)
+        try:
+            async with self._client().get(self._base + "/healthz", timeout=timeout,
+                                          allow_redirects=False) as resp:
+                await resp.read()
+                return resp.status == 200
+        except (TimeoutError, aiohttp.ClientError, OSError):
+            return False
 
     async def close(self) -> None:
         if self._session is not None:

@@ -26,6 +26,7 @@ from .events import (
     StatusChanged,
     apply_event,
     decode_event,
+    derive_dossier_id,
     encode_event,
 )
 from .messages import (
@@ -72,6 +73,7 @@ __all__ = [
     "Verdict",
     "apply_event",
     "decode_event",
+    "derive_dossier_id",
     "encode_event",
     "pack",
     "unpack",

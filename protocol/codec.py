@@ -10,14 +10,13 @@ Decoding rules (the peer may be hostile):
 
 from __future__ import annotations
 
-import zlib
 from typing import Any
 
 import msgpack
 
 from .errors import DecodeError, ErrorCode
 
-__all__ = ["MAX_DEPTH", "compress", "decompress", "pack", "unpack"]
+__all__ = ["MAX_DEPTH", "pack", "split_concatenated", "unpack"]
 
 MAX_DEPTH = 16
 
@@ -78,25 +77,32 @@ def unpack(data: bytes, *, max_bytes: int, max_items: int = 100_000) -> Any:
     return obj
 
 
-def compress(data: bytes) -> bytes:
-    """Compress a batch payload (zlib, level 9; see SPEC.md for why)."""
-    return zlib.compress(data, 9)
+def split_concatenated(data: bytes, count: int, *, max_bytes: int) -> tuple[bytes, ...]:
+    """Split ``data`` into exactly ``count`` msgpack objects, returned as their bytes.
 
-
-def decompress(data: bytes, *, max_bytes: int) -> bytes:
-    """Inflate zlib ``data``, refusing more than ``max_bytes`` of output.
+    Each object is skipped, not built; its bytes are checked strictly later by
+    whoever decodes them (:func:`unpack`).
 
     Raises:
-        DecodeError: corrupt stream, trailing garbage, or a compression bomb.
+        DecodeError: fewer or more objects than ``count``, or malformed bytes.
     """
-    inflater = zlib.decompressobj()
+    unpacker = msgpack.Unpacker(None, max_buffer_size=max(len(data), 1), raw=False,
+                                strict_map_key=True, ext_hook=_reject_ext,
+                                max_bin_len=max_bytes, max_str_len=max_bytes,
+                                max_array_len=100_000, max_map_len=100_000, max_ext_len=0)
+    unpacker.feed(data)
+    parts, start = [], 0
     try:
-        out = inflater.decompress(data, max_bytes + 1)
-    except zlib.error as exc:
-        raise DecodeError("payload is not a valid zlib stream") from exc
-    if len(out) > max_bytes or inflater.unconsumed_tail:
-        raise DecodeError(f"payload inflates beyond {max_bytes} bytes",
-                          code=ErrorCode.TOO_LARGE)
-    if not inflater.eof or inflater.unused_data:
-        raise DecodeError("payload is truncated or has trailing bytes")
-    return out
+        for _ in range(count):
+            unpacker.skip()
+            end = unpacker.tell()
+            if end - start > max_bytes:
+                raise DecodeError("a record exceeds the size limit", code=ErrorCode.TOO_LARGE)
+            parts.append(data[start:end])
+            start = end
+    except (msgpack.OutOfData, ValueError, TypeError, msgpack.FormatError,
+            msgpack.StackError, RecursionError) as exc:
+        raise DecodeError("payload does not hold the announced records") from exc
+    if start != len(data):
+        raise DecodeError("payload has bytes after the announced records")
+    return tuple(parts)

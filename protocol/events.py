@@ -27,6 +27,7 @@ __all__ = [
     "StatusChanged",
     "apply_event",
     "decode_event",
+    "derive_dossier_id",
     "encode_event",
     "event_from_wire",
     "event_to_wire",
@@ -40,11 +41,28 @@ MUTABLE_FIELDS = frozenset({
 })
 
 
+_DOSSIER_ID_NAMESPACE = uuid.UUID("8d7f3b52-61c4-4e0f-9a43-2a0c5d1e7b19")
+
+
+def derive_dossier_id(agent_id: str, epoch: int, seq: int) -> str:
+    """The id of a dossier created by record (agent, epoch, seq) without one.
+
+    Both sides compute it, so it never travels: 16 random bytes a dossier
+    would cost more than the rest of a compressed dossier.
+    """
+    return str(uuid.uuid5(_DOSSIER_ID_NAMESPACE, f"{agent_id}/{epoch}/{seq}"))
+
+
 @dataclass(frozen=True)
 class DossierCreated:
-    """A new dossier, with its ``id`` and ``code`` assigned."""
+    """A new dossier, with its ``id`` and ``code`` assigned.
+
+    ``derived_id`` is true when the id is :func:`derive_dossier_id` of the
+    record that carries the event; the wire form then omits it.
+    """
 
     dossier: Mapping[str, Any]
+    derived_id: bool = False
 
     @property
     def dossier_id(self) -> str:
@@ -85,18 +103,25 @@ class DocumentAdded:
 Event = DossierCreated | StatusChanged | FieldsChanged | DocumentAdded
 
 
+def _compact(obj: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in obj.items() if value is not None}
+
+
 def event_to_wire(event: Event) -> dict[str, Any]:
-    """Return the msgpack-ready map of ``event``."""
+    """Return the msgpack-ready map of ``event``; nil values are left out."""
     if isinstance(event, DossierCreated):
-        return {"t": "created", "dossier": dict(event.dossier)}
+        dossier = _compact(event.dossier)
+        if event.derived_id:
+            dossier.pop("id", None)
+        return {"t": "created", "dossier": dossier}
     if isinstance(event, StatusChanged):
-        return {"t": "status", "id": event.dossier_id, "status": event.status,
-                "at": event.at, "by": event.by, "note": event.note}
+        return _compact({"t": "status", "id": event.dossier_id, "status": event.status,
+                         "at": event.at, "by": event.by, "note": event.note})
     if isinstance(event, FieldsChanged):
-        return {"t": "fields", "id": event.dossier_id, "changes": dict(event.changes),
-                "at": event.at, "by": event.by}
-    return {"t": "document", "id": event.dossier_id, "document": dict(event.document),
-            "at": event.at, "by": event.by}
+        return _compact({"t": "fields", "id": event.dossier_id, "changes": dict(event.changes),
+                         "at": event.at, "by": event.by})
+    return _compact({"t": "document", "id": event.dossier_id, "document": dict(event.document),
+                     "at": event.at, "by": event.by})
 
 
 def _problem(path: str, vi: str, en: str) -> ValidationError:
@@ -127,8 +152,23 @@ def _read_common(obj: Mapping[str, Any], allowed: frozenset[str]) -> tuple[str, 
     return dossier_id, at, by
 
 
-def event_from_wire(obj: Any) -> Event:
+def _created(obj: Mapping[str, Any], derived_id: str | None) -> DossierCreated:
+    dossier = obj.get("dossier")
+    if set(obj) != {"t", "dossier"} or not isinstance(dossier, Mapping):
+        raise _problem("dossier", "sự kiện tạo hồ sơ sai cấu trúc", "malformed created event")
+    if "id" in dossier or derived_id is None:
+        return DossierCreated(validate_dossier(dossier, require_identity=True))
+    return DossierCreated(validate_dossier({**dossier, "id": derived_id},
+                                           require_identity=True), derived_id=True)
+
+
+def event_from_wire(obj: Any, derived_id: str | None = None) -> Event:
     """Build an event from its wire map, validating every field.
+
+    Args:
+        obj: the decoded map.
+        derived_id: the id a ``created`` event without one stands for
+            (:func:`derive_dossier_id` of its record); None if unknown.
 
     Raises:
         ValidationError: the map is not a valid event.
@@ -137,9 +177,7 @@ def event_from_wire(obj: Any) -> Event:
         raise _problem("t", "thiếu loại sự kiện", "missing event kind")
     kind = obj["t"]
     if kind == "created":
-        if set(obj) != {"t", "dossier"}:
-            raise _problem("dossier", "sự kiện tạo hồ sơ sai cấu trúc", "malformed created event")
-        return DossierCreated(validate_dossier(obj["dossier"], require_identity=True))
+        return _created(obj, derived_id)
     if kind == "status":
         dossier_id, at, by = _read_common(obj, frozenset({"t", "id", "status", "at", "by", "note"}))
         note = obj.get("note")
@@ -197,11 +235,12 @@ def encode_event(event: Event) -> bytes:
     return pack(event_to_wire(event))
 
 
-def decode_event(data: bytes, *, max_bytes: int = 1024 * 1024) -> Event:
-    """Decode and validate record bytes.
+def decode_event(data: bytes, *, derived_id: str | None = None,
+                 max_bytes: int = 1024 * 1024) -> Event:
+    """Decode and validate record bytes (``derived_id`` as in :func:`event_from_wire`).
 
     Raises:
         DecodeError: not a well-formed msgpack map.
         ValidationError: a map that is not a valid event.
     """
-    return event_from_wire(unpack(data, max_bytes=max_bytes))
+    return event_from_wire(unpack(data, max_bytes=max_bytes), derived_id)

@@ -17,7 +17,8 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from .codec import compress, decompress, pack, unpack
+from .codec import pack, split_concatenated, unpack
+from .compression import compress, decompress
 from .errors import DecodeError, ErrorCode, LocalProtocolError
 
 __all__ = [
@@ -164,12 +165,16 @@ class BatchBody:
         return self.first_seq + len(self.records) - 1
 
 
-def encode_batch_body(body: BatchBody) -> bytes:
+def encode_batch_body(body: BatchBody, *, level: int = 9) -> bytes:
+    """Encode a batch; its records (each one msgpack object) travel concatenated
+    in one zstd frame, so no per-record framing is sent."""
     if not body.records or body.first_seq < 1 or body.epoch < 1:
         raise LocalProtocolError("a batch needs at least one record, seq and epoch from 1")
-    payload = compress(pack(list(body.records)))
+    if body.epoch > _MAX_SEQ or body.last_seq > _MAX_SEQ:
+        raise LocalProtocolError("epoch or seq out of range")
+    payload = compress(b"".join(body.records), level=level)
     return pack({"v": PROTOCOL_VERSION, "kind": "batch", "epoch": body.epoch,
-                 "first_seq": body.first_seq, "count": len(body.records), "codec": "zlib",
+                 "first_seq": body.first_seq, "count": len(body.records), "codec": "zstd",
                  "payload": payload, "agent_clock": body.agent_clock})
 
 
@@ -180,17 +185,12 @@ def decode_batch_body(data: bytes, limits: Limits = DEFAULT_LIMITS) -> BatchBody
     count = _seq(obj, "count", 1)
     if count > limits.max_records or first_seq + count - 1 > _MAX_SEQ:
         raise DecodeError(f"batch of {count} records exceeds the limit", code=ErrorCode.TOO_LARGE)
-    if obj.get("codec") != "zlib":
+    if obj.get("codec") != "zstd":
         raise DecodeError(f"unknown codec {obj.get('codec')!r}")
     clock = _get(obj, "agent_clock", str, optional=True)
     inflated = decompress(_get(obj, "payload", bytes), max_bytes=limits.max_inflated_bytes)
-    records = unpack(inflated, max_bytes=limits.max_inflated_bytes, max_items=count)
-    if not isinstance(records, list) or len(records) != count:
-        raise DecodeError("batch: record count does not match")
-    for record in records:
-        if not isinstance(record, bytes) or len(record) > limits.max_record_bytes:
-            raise DecodeError("batch: each record must be bytes within the size limit")
-    return BatchBody(epoch, first_seq, tuple(records), clock)
+    records = split_concatenated(inflated, count, max_bytes=limits.max_record_bytes)
+    return BatchBody(epoch, first_seq, records, clock)
 
 
 # -- ack and error -------------------------------------------------------------

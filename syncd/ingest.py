@@ -29,6 +29,7 @@ from protocol import (
     Verdict,
     apply_event,
     decode_event,
+    derive_dossier_id,
 )
 
 from .errors import RequestError, StoreError
@@ -41,11 +42,11 @@ def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
-async def _apply_new(txn: Txn, agent: AgentRow, data: bytes, now: str
+async def _apply_new(txn: Txn, agent: AgentRow, epoch: int, seq: int, data: bytes, now: str
                      ) -> tuple[tuple[str, str] | None, str | None]:
     """Apply one new record; return (verdict or None, dossier id)."""
     try:
-        event = decode_event(data)
+        event = decode_event(data, derived_id=derive_dossier_id(agent.agent_id, epoch, seq))
     except (DecodeError, ValidationError) as exc:
         return (str(ErrorCode.INVALID_RECORD), str(exc)[:500]), None
     current = await txn.dossier(event.dossier_id)
@@ -101,7 +102,7 @@ async def ingest_batch(store: SqliteStore, agent: AgentRow, body: BatchBody,
                     verdicts.append(Verdict(seq, stored.verdict_code,
                                             stored.verdict_message or ""))
                 continue
-            verdict, dossier_id = await _apply_new(txn, agent, data, now)
+            verdict, dossier_id = await _apply_new(txn, agent, epoch, seq, data, now)
             await txn.insert_record(agent.agent_id, epoch, seq, digest_record, data, now,
                                     verdict, dossier_id)
             if verdict is not None:

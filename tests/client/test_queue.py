@@ -20,7 +20,7 @@ async def open_queue(tmp_path: Path, key: bytes = KEY, agent: str = AGENT) -> Qu
 
 
 async def append(queue: Queue, *plaintexts: bytes) -> list[int]:
-    _, seqs = await queue.append(lambda _: [(p, None) for p in plaintexts])
+    _, seqs = await queue.append(lambda *_: [(p, None) for p in plaintexts])
     return seqs
 
 
