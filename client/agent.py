@@ -11,6 +11,7 @@ import sqlite3
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -36,10 +37,11 @@ from protocol.messages import (
 from protocol.signing import public_key_bytes, sign_enrollment
 
 from .config import AgentConfig, AgentPaths
+from .documents import DocumentStore
 from .errors import InputError, RefusedError, SetupError, TransportError
 from .files import read_secret, write_atomic
 from .queue import Queue
-from .sync import local_now_iso
+from .sync import SyncEngine, local_now_iso
 from .transport import HttpTransport
 
 __all__ = ["Agent", "enroll"]
@@ -106,17 +108,29 @@ class Agent:
     config: AgentConfig
     key: Ed25519PrivateKey
     queue: Queue
+    documents: DocumentStore
 
     @classmethod
     async def open(cls, paths: AgentPaths) -> Agent:
         config = AgentConfig.load(paths)
         key = Ed25519PrivateKey.from_private_bytes(read_secret(paths.signing_key, 32))
-        queue = await Queue.open(paths.queue_db, read_secret(paths.queue_key, 32),
-                                 config.agent_id)
-        return cls(paths, config, key, queue)
+        queue_key = read_secret(paths.queue_key, 32)
+        queue = await Queue.open(paths.queue_db, queue_key, config.agent_id)
+        return cls(paths, config, key, queue,
+                   DocumentStore(paths.documents, queue_key, config.agent_id))
 
     async def close(self) -> None:
         await self.queue.close()
+
+    def engine(self, transport: HttpTransport, **options: Any) -> SyncEngine:
+        """A sync engine for this data directory (locked, documents included)."""
+        return SyncEngine(self.queue, self.config, self.key, transport,
+                          lock_path=self.paths.sync_lock, documents=self.documents, **options)
+
+    async def waiting(self) -> bool:
+        """Whether any record or document still waits for the server."""
+        status = await self.queue.status()
+        return status.pending > 0 or (await self.queue.documents_waiting())[0] > 0
 
     def _code_day(self, dossier: dict[str, Any]) -> str:
         received = parse_timestamp(dossier["received_at"]).astimezone(VN_TZ)
@@ -147,8 +161,35 @@ class Agent:
             raise InputError("dossiers not added", problems)
         return dossiers
 
-    async def add(self, items: list[Any]) -> list[str]:
-        """Validate every dossier, then append them all in one transaction.
+    def _import_documents(self, dossiers: list[dict[str, Any]], base_dir: Path
+                          ) -> list[tuple[str, int]]:
+        """Copy every ``documents[].path`` into the encrypted store; the records
+        then carry the document's ``sha256`` and ``size`` instead of the path."""
+        imported, problems = [], []
+        for index, dossier in enumerate(dossiers):
+            for doc in dossier["documents"]:
+                if "path" not in doc:
+                    continue
+                source = base_dir / Path(doc["path"]).expanduser()
+                try:
+                    sha256, size = self.documents.import_file(source)
+                except InputError as exc:
+                    problems.append(f"#{index + 1} documents: {exc}")
+                    continue
+                del doc["path"]
+                doc.update(sha256=sha256, size=size)
+                imported.append((sha256, size))
+        if problems:
+            raise InputError("dossiers not added", problems)
+        return imported
+
+    async def add(self, items: list[Any], *, base_dir: Path | None = None) -> list[str]:
+        """Validate every dossier, copy its documents in, then append them all
+        in one transaction.
+
+        Args:
+            items: intake objects.
+            base_dir: where relative ``documents[].path`` values start from.
 
         Returns:
             The dossier ids, in input order, once they are saved.
@@ -157,6 +198,7 @@ class Agent:
             InputError: listing every problem; nothing was added.
         """
         dossiers = await self._validate_all(items)
+        documents = self._import_documents(dossiers, base_dir or Path.cwd())
         need_code = [d for d in dossiers if d["code"] is None]
 
         def build(numbers: list[int], epoch: int, first_seq: int
@@ -176,7 +218,7 @@ class Agent:
             return records
 
         try:
-            await self.queue.append(build, [self._code_day(d) for d in need_code])
+            await self.queue.append(build, [self._code_day(d) for d in need_code], documents)
         except sqlite3.IntegrityError as exc:
             raise InputError("dossiers not added",
                              ["id: mã định danh đã tồn tại / id already exists"]) from exc

@@ -22,6 +22,7 @@ from .config import AgentPaths, default_data_dir
 from .daemon import run_daemon
 from .errors import (
     AgentError,
+    DocumentDamaged,
     InputError,
     LockBusy,
     QueueCorrupt,
@@ -30,7 +31,6 @@ from .errors import (
     TransportError,
 )
 from .i18n import Messages, pick_language
-from .sync import SyncEngine
 from .transport import HttpTransport
 
 __all__ = ["main"]
@@ -77,7 +77,8 @@ async def cmd_add(args: argparse.Namespace, say: Messages) -> int:
     items = _read_items(args.file, say)
 
     async def work(agent: Agent) -> int:
-        for dossier_id in await agent.add(items):
+        base_dir = Path.cwd() if args.file == "-" else Path(args.file).resolve().parent
+        for dossier_id in await agent.add(items, base_dir=base_dir):
             print(dossier_id)
         return EXIT_OK
     return await _with_agent(AgentPaths(args.data_dir), work)
@@ -101,16 +102,21 @@ def _officer() -> str | None:
 async def cmd_status(args: argparse.Namespace, say: Messages) -> int:
     async def work(agent: Agent) -> int:
         st = await agent.queue.status()
+        docs, doc_bytes = await agent.queue.documents_waiting()
         report = {"pending": st.pending, "acked_seq": st.acked_seq, "last_seq": st.last_seq,
                   "epoch": st.epoch, "last_success": st.last_success,
                   "last_error": st.last_error, "refused": st.refused,
+                  "documents_pending": docs, "document_bytes_pending": doc_bytes,
                   "agent_id": agent.config.agent_id}
         if args.json:
             print(json.dumps(report, ensure_ascii=False))
-        elif st.pending:
+            return EXIT_OK
+        if st.pending:
             print(say("sync_waiting", pending=st.pending, reason=st.last_error or "—"))
         else:
             print(say("sync_done", acked=st.acked_seq))
+        if docs:
+            print(say("documents_waiting", count=docs, bytes=doc_bytes))
         return EXIT_OK
     return await _with_agent(AgentPaths(args.data_dir), work)
 
@@ -119,9 +125,14 @@ async def cmd_verify(args: argparse.Namespace, say: Messages) -> int:
     async def work(agent: Agent) -> int:
         try:
             count = await agent.queue.verify()
+            for sha256, size in await agent.queue.all_documents():
+                await asyncio.to_thread(agent.documents.verify, sha256, size)
         except QueueCorrupt as exc:
             print(say("verify_bad", seq=exc.seq, epoch=exc.epoch, reason=exc.reason),
                   file=sys.stderr)
+            return EXIT_DAMAGED
+        except DocumentDamaged as exc:
+            print(say("document_bad", sha256=exc.sha256), file=sys.stderr)
             return EXIT_DAMAGED
         print(say("verify_ok", count=count))
         return EXIT_OK
@@ -139,8 +150,7 @@ async def cmd_sync_now(args: argparse.Namespace, say: Messages) -> int:
             if tty:
                 print("\r" + say("progress", acked=acked, total=total), end="", file=sys.stderr)
 
-        engine = SyncEngine(agent.queue, agent.config, agent.key, transport,
-                            lock_path=paths.sync_lock, progress=progress)
+        engine = agent.engine(transport, progress=progress)
         reason = None
         await agent.queue.wake()  # a running daemon stops waiting out its backoff
         try:
@@ -162,8 +172,11 @@ async def cmd_sync_now(args: argparse.Namespace, say: Messages) -> int:
             if tty:
                 print(file=sys.stderr)
         st = await agent.queue.status()
-        if st.pending > 0 or reason is not None:
+        docs, doc_bytes = await agent.queue.documents_waiting()
+        if st.pending > 0 or docs > 0 or reason is not None:
             print(say("sync_waiting", pending=st.pending, reason=reason or "—"), file=sys.stderr)
+            if docs:
+                print(say("documents_waiting", count=docs, bytes=doc_bytes), file=sys.stderr)
             return EXIT_INCOMPLETE
         print(say("sync_done", acked=st.acked_seq))
         if st.refused:

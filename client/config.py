@@ -7,6 +7,7 @@ copied, moved or restored elsewhere; the server URL is plain configuration.
     agent.key    Ed25519 signing key, owner-only
     queue.key    queue encryption key, owner-only
     queue.db     the encrypted queue (SQLite, WAL)
+    documents/   encrypted copies of scanned documents, by SHA-256
     sync.lock    held while a sync attempt runs
 """
 
@@ -51,6 +52,10 @@ class AgentPaths:
     @property
     def queue_db(self) -> Path:
         return self.root / "queue.db"
+
+    @property
+    def documents(self) -> Path:
+        return self.root / "documents"
 
     @property
     def sync_lock(self) -> Path:

@@ -15,7 +15,7 @@ import signal
 from .agent import Agent
 from .config import AgentPaths
 from .errors import AgentError, QueueCorrupt
-from .sync import Stopped, SyncEngine
+from .sync import Stopped
 from .transport import HttpTransport
 
 __all__ = ["run_daemon"]
@@ -33,13 +33,11 @@ async def run_daemon(paths: AgentPaths, *, poll_s: float = 0.5, refused_pause_s:
             loop.add_signal_handler(sig, stop.set)
     agent = await Agent.open(paths)
     transport = HttpTransport(agent.config.server_url)
-    engine = SyncEngine(agent.queue, agent.config, agent.key, transport,
-                        lock_path=paths.sync_lock, stop=stop)
+    engine = agent.engine(transport, stop=stop)
     log.info("daemon running for agent %s", agent.config.agent_id)
     try:
         while not stop.is_set():
-            status = await agent.queue.status()
-            if status.pending > 0:
+            if await agent.waiting():
                 try:
                     await engine.push_until_done()
                 except Stopped:

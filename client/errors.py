@@ -6,6 +6,7 @@ The tree::
     ├── SetupError                data directory missing, not initialised, bad key file
     ├── InputError                a dossier or command the officer must correct
     ├── QueueCorrupt              a record fails its AEAD tag or the hash chain (``seq``)
+    ├── DocumentDamaged           a stored document fails its tag or hash (``sha256``)
     ├── SyncError                 a sync attempt failed
     │   ├── TransportError        link down, timeout, 5xx, garbage reply (retriable)
     │   └── RefusedError          the server refused on purpose (4xx verdict; not retriable)
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 __all__ = [
     "AgentError",
+    "DocumentDamaged",
     "InputError",
     "LockBusy",
     "QueueCorrupt",
@@ -54,6 +56,14 @@ class QueueCorrupt(AgentError):
         self.epoch = epoch
         self.seq = seq
         self.reason = reason
+
+
+class DocumentDamaged(AgentError):
+    """A stored document fails its tag or hash; ``sha256`` names it."""
+
+    def __init__(self, sha256: str, reason: str) -> None:
+        super().__init__(f"document {sha256[:12]} is damaged: {reason}")
+        self.sha256 = sha256
 
 
 class SyncError(AgentError):

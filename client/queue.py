@@ -56,6 +56,12 @@ _MIGRATIONS: tuple[str, ...] = (
         id_mac BLOB PRIMARY KEY, epoch INTEGER NOT NULL, seq INTEGER NOT NULL) WITHOUT ROWID;
     CREATE TABLE code_counters (day TEXT PRIMARY KEY, last INTEGER NOT NULL) WITHOUT ROWID;
     """,
+    """
+    CREATE TABLE documents (
+        sha256 TEXT PRIMARY KEY, size INTEGER NOT NULL,
+        sent_offset INTEGER NOT NULL DEFAULT 0, complete INTEGER NOT NULL DEFAULT 0,
+        added_seq INTEGER NOT NULL)
+    """,
 )
 
 
@@ -197,7 +203,7 @@ class Queue:
 
     async def append(
         self, build: Callable[[list[int], int, int], list[tuple[bytes, str | None]]],
-        code_days: Iterable[str] = (),
+        code_days: Iterable[str] = (), documents: Iterable[tuple[str, int]] = (),
     ) -> tuple[int, list[int]]:
         """Append records in one durable transaction.
 
@@ -207,6 +213,8 @@ class Queue:
                 returns the records to append in order, each as
                 ``(plaintext, id of the dossier it creates or None)``.
             code_days: one ``yyMMdd`` per official code to allocate.
+            documents: ``(sha256, size)`` of documents these records refer to,
+                already stored, to upload after the records.
 
         Returns:
             ``(epoch, seqs)``; when this returns, the records are saved.
@@ -227,6 +235,10 @@ class Queue:
                         "INSERT INTO dossier_index VALUES (?, ?, ?)",
                         (self._sealer.index_mac(new_dossier_id), epoch, seq))
                 seqs.append(seq)
+            for sha256, size in documents:
+                await self._db.execute(
+                    "INSERT INTO documents (sha256, size, added_seq) VALUES (?, ?, ?) "
+                    "ON CONFLICT (sha256) DO NOTHING", (sha256, size, seqs[0] if seqs else 0))
             await self._db.execute("COMMIT")
         except BaseException:
             await self._db.execute("ROLLBACK")
@@ -339,6 +351,25 @@ class Queue:
         """The server holds less than we thought (a gap): resend after ``server_seq``."""
         await self._db.execute("UPDATE sync_state SET acked_seq = ? WHERE epoch = ?",
                                (server_seq, epoch))
+
+    async def next_document(self) -> tuple[str, int, int] | None:
+        """The oldest document not yet complete on the server: (sha256, size, offset)."""
+        return await self._one("SELECT sha256, size, sent_offset FROM documents "
+                               "WHERE complete = 0 ORDER BY added_seq, sha256 LIMIT 1")
+
+    async def set_document_state(self, sha256: str, offset: int, complete: bool) -> None:
+        await self._db.execute("UPDATE documents SET sent_offset = ?, complete = ? "
+                               "WHERE sha256 = ?", (offset, int(complete), sha256))
+
+    async def documents_waiting(self) -> tuple[int, int]:
+        """(documents not complete on the server, bytes of them not yet acknowledged)."""
+        count, left = await self._one("SELECT count(*), coalesce(sum(size - sent_offset), 0) "
+                                      "FROM documents WHERE complete = 0")
+        return int(count), int(left)
+
+    async def all_documents(self) -> list[tuple[str, int]]:
+        async with self._db.execute("SELECT sha256, size FROM documents ORDER BY sha256") as cur:
+            return [(row[0], row[1]) for row in await cur.fetchall()]
 
     async def wake_token(self) -> int:
         """A counter ``sync-now`` bumps to cut a waiting daemon's backoff short."""

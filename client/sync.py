@@ -40,7 +40,16 @@ from protocol import (
     ErrorCode,
 )
 from protocol.compression import level_for_rate
+from protocol.documents import (
+    DocChunk,
+    DocState,
+    DocStatusRequest,
+    decode_doc_state,
+    encode_doc_chunk,
+    encode_doc_status,
+)
 from protocol.messages import (
+    DEFAULT_LIMITS,
     batch_digest,
     decode_ack,
     decode_error,
@@ -51,6 +60,7 @@ from protocol.messages import (
 from protocol.signing import sign_envelope
 
 from .config import AgentConfig
+from .documents import DocumentStore
 from .errors import AgentError, RefusedError, SyncError, TransportError
 from .lock import SyncLock
 from .pacing import LinkPacer, full_jitter
@@ -91,7 +101,8 @@ class SyncEngine:
                  clock: Callable[[], float] = time.monotonic,
                  progress: Callable[[int, int], None] | None = None,
                  lock_path: Path | None = None, stop: asyncio.Event | None = None,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None,
+                 documents: DocumentStore | None = None) -> None:
         self._queue = queue
         self._config = config
         self._key = key
@@ -104,6 +115,8 @@ class SyncEngine:
         self._lock_path = lock_path
         self._stop = stop
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not secrecy
+        self._documents = documents
+        self._documents_checked: set[str] = set()
 
     def _check_stop(self) -> None:
         if self._stop is not None and self._stop.is_set():
@@ -217,13 +230,64 @@ class SyncEngine:
         async with SyncLock(self._lock_path, wait_s=30.0):
             await self._push_all_unlocked()
 
+    def _chunk_bytes(self) -> int:
+        """About 1.5 s of airtime: an outage wastes at most that much."""
+        return int(min(1 << 20, max(4096, self.pacer.rate_bps * 1.5)))
+
+    async def _document_request(self, path: str, kind: str, signed: bytes,
+                                sha256: str) -> DocState:
+        reply, _ = await self._post(path, signed, kind)
+        if reply.status not in (200, 409):
+            raise self._refusal(reply)
+        try:
+            if reply.content_type != MEDIA_TYPE:
+                raise DecodeError(f"reply of type {reply.content_type!r}")
+            state = decode_doc_state(reply.body, DEFAULT_LIMITS)
+        except DecodeError as exc:
+            raise TransportError(f"the server's reply is not a document state ({exc})") from exc
+        if state.sha256 != sha256:
+            raise TransportError("the document state does not match the request")
+        await self._queue.set_document_state(sha256, state.offset, state.complete)
+        return state
+
+    async def push_document_chunk(self) -> bool:
+        """Send the next chunk of the oldest incomplete document.
+
+        The first contact for a document in this session asks the server what
+        it holds, so nothing it acknowledged is sent again. Returns False when
+        no document waits.
+        """
+        doc = await self._queue.next_document()
+        if doc is None or self._documents is None:
+            return False
+        sha256, size, offset = doc
+        if sha256 not in self._documents_checked:
+            await self._document_request("/v1/documents/status", "doc_status",
+                                         encode_doc_status(DocStatusRequest(sha256, size)),
+                                         sha256)
+            self._documents_checked.add(sha256)
+            return True
+        data = await asyncio.to_thread(self._documents.read, sha256, size, offset,
+                                       self._chunk_bytes())
+        chunk = DocChunk(sha256, size, offset, data)
+        try:
+            await self._document_request("/v1/documents/chunk", "doc_chunk",
+                                         encode_doc_chunk(chunk), sha256)
+        except TransportError:
+            self._documents_checked.discard(sha256)  # ask again: it may have been stored
+            raise
+        return True
+
     async def _push_all_unlocked(self) -> None:
         rewinds = 0
         while True:
             self._check_stop()
             status = await self._queue.status()
             if status.pending <= 0:
-                return
+                # Records always go first: one chunk, then look for records again.
+                if not await self.push_document_chunk():
+                    return
+                continue
             if await self.push_batch() == 0:
                 # A gap moved the position back; one resend from there must fit.
                 rewinds += 1

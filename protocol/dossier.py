@@ -62,6 +62,8 @@ _ID_NUMBER = {
     "tax_code": (re.compile(r"\d{10}(?:-\d{3})?", re.ASCII), "10 chữ số (hoặc 10-3)",
                  "10 digits (or 10-3)"),
 }
+_SHA256 = re.compile(r"[0-9a-f]{64}", re.ASCII)
+_MAX_DOCUMENT = 200 * 1024 * 1024
 _PHONE = re.compile(r"\+?\d{8,15}", re.ASCII)
 _EMAIL = re.compile(r"[^@\s]{1,64}@[^@\s]{1,255}\.[^@\s]{1,63}")
 _MAX_LIST = 200
@@ -274,12 +276,21 @@ def _read_fee(check: _Checker) -> Callable[[Mapping[str, Any], str], dict[str, A
 
 def _read_document(check: _Checker) -> Callable[[Mapping[str, Any], str], dict[str, Any]]:
     def read(item: Mapping[str, Any], path: str) -> dict[str, Any]:
-        check.unknown(item, frozenset({"name", "copies", "path"}), f"{path}.")
+        check.unknown(item, frozenset({"name", "copies", "path", "sha256", "size"}), f"{path}.")
+        sha256 = check.pattern(item, "sha256", f"{path}.sha256", _SHA256,
+                               ("64 chữ số hex", "64 hex digits"))
+        size = check.integer(item, "size", f"{path}.size", low=0, high=_MAX_DOCUMENT,
+                             default=0) if "size" in item else None
+        if ("sha256" in item) != ("size" in item):
+            check.fail(f"{path}.sha256", "sha256 và size phải đi cùng nhau",
+                       "sha256 and size go together")
         return _given(item, {
             "name": check.text(item, "name", f"{path}.name", required=True, max_len=300),
             "copies": check.integer(item, "copies", f"{path}.copies", low=1, high=1000,
                                     default=1),
             "path": check.text(item, "path", f"{path}.path", max_len=1024),
+            "sha256": sha256,
+            "size": size,
         })
     return read
 

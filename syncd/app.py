@@ -11,10 +11,12 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from aiohttp import web
 
 from protocol import MEDIA_TYPE, ErrorCode, ErrorReply, ProtocolError, SignatureError
+from protocol.documents import decode_doc_chunk, decode_doc_status, encode_doc_state
 from protocol.messages import (
     batch_digest,
     decode_batch_body,
@@ -28,6 +30,7 @@ from protocol.messages import (
 from protocol.signing import verify_envelope
 
 from .config import ServerConfig
+from .documents import DocumentStore
 from .enrollment import consume_token
 from .errors import RequestError, StoreError
 from .ingest import ingest_batch, read_cursor
@@ -37,6 +40,7 @@ __all__ = ["CONFIG", "STORE", "make_app"]
 
 log = logging.getLogger("syncd.app")
 CONFIG = web.AppKey("config", ServerConfig)
+DOCUMENTS = web.AppKey("documents", DocumentStore)
 STORE = web.AppKey("store", SqliteStore)
 
 _STATUS_BY_CODE = {ErrorCode.TOO_LARGE: 413, ErrorCode.BAD_SIGNATURE: 401,
@@ -126,17 +130,41 @@ async def post_enroll(request: web.Request) -> web.Response:
     return _reply(200, encode_enroll_reply(reply))
 
 
+async def post_doc_status(request: web.Request) -> web.Response:
+    _, signed, _ = await _authenticate(request, "doc_status")
+    query = decode_doc_status(signed, request.app[CONFIG].limits)
+    state = await request.app[DOCUMENTS].state(query.sha256, query.size)
+    return _reply(200, encode_doc_state(state))
+
+
+async def post_doc_chunk(request: web.Request) -> web.Response:
+    agent, signed, _ = await _authenticate(request, "doc_chunk")
+    chunk = decode_doc_chunk(signed, request.app[CONFIG].limits)
+    status, state = await request.app[DOCUMENTS].put_chunk(chunk)
+    if status == 200:
+        log.info("agent %s document %s: %d/%d bytes%s", agent.agent_id, chunk.sha256[:12],
+                 state.offset, state.size, " complete" if state.complete else "")
+    return _reply(status, encode_doc_state(state))
+
+
 async def get_health(request: web.Request) -> web.Response:
     await request.app[STORE].read("SELECT 1")
     return web.json_response({"status": "ok"})
 
 
-def make_app(config: ServerConfig, store: SqliteStore) -> web.Application:
-    """Build the application around an open store (the caller closes it)."""
+def make_app(config: ServerConfig, store: SqliteStore,
+             documents_dir: Path | None = None) -> web.Application:
+    """Build the application around an open store (the caller closes it).
+
+    Documents are kept in ``documents_dir`` (default: beside the database).
+    """
     app = web.Application(middlewares=[errors_middleware],
                           client_max_size=config.max_body_bytes)
     app[CONFIG] = config
     app[STORE] = store
+    app[DOCUMENTS] = DocumentStore(documents_dir or store.path.parent / "documents", store)
+    app.router.add_post("/v1/documents/status", post_doc_status)
+    app.router.add_post("/v1/documents/chunk", post_doc_chunk)
     app.router.add_post("/v1/batches", post_batch)
     app.router.add_post("/v1/cursor", post_cursor)
     app.router.add_post("/v1/enroll", post_enroll)

@@ -155,6 +155,25 @@ async def cmd_alerts(args: argparse.Namespace) -> int:
     return await _with_store(args, work)
 
 
+async def cmd_document(args: argparse.Namespace) -> int:
+    async def work(config: ServerConfig, store: SqliteStore) -> int:
+        rows = await store.read("SELECT complete FROM documents WHERE sha256 = ?", args.sha256)
+        if not rows or not rows[0][0]:
+            state = "not complete yet" if rows else "unknown"
+            print(f"syncd: document {args.sha256} is {state}", file=sys.stderr)
+            return 1
+        path = ServerPaths(args.data_dir).root / "documents" / args.sha256
+        with open(path, "rb") as src:
+            while block := src.read(1 << 20):
+                sys.stdout.buffer.write(block)
+        sys.stdout.buffer.flush()
+        return 0
+    if not re.fullmatch(r"[0-9a-f]{64}", args.sha256):
+        print("syncd: SHA256 must be 64 lowercase hex digits", file=sys.stderr)
+        return 2
+    return await _with_store(args, work)
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--data-dir", type=Path, default=None,
@@ -172,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--commune", required=True, help="5-digit commune code")
     p.add_argument("--name", default=None, help="name of the PC or desk")
     p.set_defaults(func=cmd_enroll)
+    p = sub.add_parser("document", parents=[common], help="write a document's bytes to stdout")
+    p.add_argument("sha256")
+    p.set_defaults(func=cmd_document)
     for name, func, text in (("dossiers", cmd_dossiers, "list current dossiers"),
                              ("agents", cmd_agents, "list enrolled agents"),
                              ("alerts", cmd_alerts, "list alerts for operators")):

@@ -57,6 +57,11 @@ _MIGRATIONS: tuple[str, ...] = (
         seq INTEGER, detail TEXT NOT NULL, fingerprint BLOB NOT NULL UNIQUE,
         created_at TEXT NOT NULL)
     """,
+    """
+    CREATE TABLE documents (
+        sha256 TEXT PRIMARY KEY, size INTEGER NOT NULL, received INTEGER NOT NULL,
+        complete INTEGER NOT NULL, updated_at TEXT NOT NULL)
+    """,
 )
 
 
@@ -140,8 +145,9 @@ class Txn:
 class SqliteStore:
     """The SQLite store in ``path``. Use :meth:`open` and :meth:`close`."""
 
-    def __init__(self, db: aiosqlite.Connection) -> None:
+    def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
         self._db = db
+        self.path = path
         self._lock = asyncio.Lock()
         self._closed = False
 
@@ -152,7 +158,7 @@ class SqliteStore:
             await db.execute("PRAGMA busy_timeout = 30000")
             await db.execute("PRAGMA journal_mode = WAL")
             await db.execute("PRAGMA synchronous = FULL")
-            store = cls(db)
+            store = cls(db, path)
             async with store.write() as txn:
                 version = (await txn.one("PRAGMA user_version"))[0]
                 for number, script in enumerate(_MIGRATIONS[version:], start=version + 1):
@@ -202,9 +208,14 @@ class SqliteStore:
         args: tuple[Any, ...] = ()
         if commune_code is not None:
             sql, args = sql + " WHERE commune_code = ?", (commune_code,)
+        complete = {row[0] for row in await self.read(
+            "SELECT sha256 FROM documents WHERE complete = 1")}
         out = []
         for data, agent_id, commune in await self.read(sql + " ORDER BY code, id", *args):
             dossier = json.loads(data)
+            for doc in dossier.get("documents", []):
+                if "sha256" in doc:
+                    doc["complete"] = doc["sha256"] in complete
             out.append({**dossier, "agent_id": agent_id, "commune_code": commune})
         return out
 
