@@ -139,9 +139,38 @@ async def cmd_verify(args: argparse.Namespace, say: Messages) -> int:
     return await _with_agent(AgentPaths(args.data_dir), work)
 
 
-async def cmd_sync_now(args: argparse.Namespace, say: Messages) -> int:
-    paths = AgentPaths(args.data_dir)
+def _why_waiting(exc: BaseException, say: Messages, last_error: str | None,
+                 timeout_s: float) -> str:
+    """One sentence for the officer: why records still wait."""
+    if isinstance(exc, TimeoutError):
+        return say("reason_timeout", seconds=timeout_s, error=last_error or "—")
+    if isinstance(exc, QueueCorrupt):
+        return say("reason_damaged", seq=exc.seq)
+    if isinstance(exc, DocumentDamaged):
+        return say("document_bad", sha256=exc.sha256)
+    if isinstance(exc, LockBusy):
+        return say("reason_busy")
+    if isinstance(exc, RefusedError):
+        return say("reason_refused", error=exc)
+    return say("reason_unreachable", error=exc)
 
+
+async def _report_sync(agent: Agent, say: Messages, reason: str | None) -> int:
+    st = await agent.queue.status()
+    docs, doc_bytes = await agent.queue.documents_waiting()
+    if st.pending > 0 or docs > 0 or reason is not None:
+        print(say("sync_waiting", pending=st.pending, reason=reason or "—"), file=sys.stderr)
+        if docs:
+            print(say("documents_waiting", count=docs, bytes=doc_bytes), file=sys.stderr)
+        return EXIT_INCOMPLETE
+    print(say("sync_done", acked=st.acked_seq))
+    if st.refused:
+        print(say("sync_refused", refused=st.refused), file=sys.stderr)
+        return EXIT_INCOMPLETE
+    return EXIT_OK
+
+
+async def cmd_sync_now(args: argparse.Namespace, say: Messages) -> int:
     async def work(agent: Agent) -> int:
         transport = HttpTransport(agent.config.server_url)
         tty = sys.stderr.isatty()
@@ -156,34 +185,15 @@ async def cmd_sync_now(args: argparse.Namespace, say: Messages) -> int:
         try:
             async with asyncio.timeout(args.timeout):
                 await engine.push_until_done(timeout_s=args.timeout)
-        except TimeoutError:
-            error = (await agent.queue.status()).last_error or "—"
-            reason = say("reason_timeout", seconds=args.timeout, error=error)
-        except QueueCorrupt as exc:
-            reason = say("reason_damaged", seq=exc.seq)
-        except LockBusy:
-            reason = say("reason_busy")
-        except TransportError as exc:
-            reason = say("reason_unreachable", error=exc)
-        except RefusedError as exc:
-            reason = say("reason_refused", error=exc)
+        except (TimeoutError, AgentError) as exc:
+            last_error = (await agent.queue.status()).last_error
+            reason = _why_waiting(exc, say, last_error, args.timeout)
         finally:
             await transport.close()
             if tty:
                 print(file=sys.stderr)
-        st = await agent.queue.status()
-        docs, doc_bytes = await agent.queue.documents_waiting()
-        if st.pending > 0 or docs > 0 or reason is not None:
-            print(say("sync_waiting", pending=st.pending, reason=reason or "—"), file=sys.stderr)
-            if docs:
-                print(say("documents_waiting", count=docs, bytes=doc_bytes), file=sys.stderr)
-            return EXIT_INCOMPLETE
-        print(say("sync_done", acked=st.acked_seq))
-        if st.refused:
-            print(say("sync_refused", refused=st.refused), file=sys.stderr)
-            return EXIT_INCOMPLETE
-        return EXIT_OK
-    return await _with_agent(paths, work)
+        return await _report_sync(agent, say, reason)
+    return await _with_agent(AgentPaths(args.data_dir), work)
 
 
 async def cmd_run(args: argparse.Namespace, say: Messages) -> int:
