@@ -244,6 +244,8 @@ class SyncEngine:
                 raise DecodeError(f"reply of type {reply.content_type!r}")
             state = decode_doc_state(reply.body, DEFAULT_LIMITS)
         except DecodeError as exc:
+            if reply.status == 409:  # not "start at this offset" but a refusal
+                raise self._refusal(reply) from exc
             raise TransportError(f"the server's reply is not a document state ({exc})") from exc
         if state.sha256 != sha256:
             raise TransportError("the document state does not match the request")

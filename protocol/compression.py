@@ -76,8 +76,10 @@ def decompress(data: bytes, *, max_bytes: int) -> bytes:
     except zstandard.ZstdError as exc:
         raise DecodeError("payload is not a zstd frame") from exc
     size = params.content_size
-    if size == zstandard.CONTENTSIZE_UNKNOWN or size == zstandard.CONTENTSIZE_ERROR:
-        raise DecodeError("payload frame does not declare its size")
+    if size in (zstandard.CONTENTSIZE_UNKNOWN, zstandard.CONTENTSIZE_ERROR, 0):
+        # Size 0 is refused too: a payload always holds a record, and the
+        # library skips its checks of what follows an empty frame.
+        raise DecodeError("payload frame does not declare a usable size")
     if size > max_bytes:
         raise DecodeError(f"payload inflates to {size} bytes, beyond {max_bytes}",
                           code=ErrorCode.TOO_LARGE)

@@ -172,6 +172,13 @@ def encode_batch_body(body: BatchBody, *, level: int = 9) -> bytes:
         raise LocalProtocolError("a batch needs at least one record, seq and epoch from 1")
     if body.epoch > _MAX_SEQ or body.last_seq > _MAX_SEQ:
         raise LocalProtocolError("epoch or seq out of range")
+    if not 1 <= level <= 22:
+        raise LocalProtocolError("zstd level must be between 1 and 22")
+    for record in body.records:
+        try:  # each record must be exactly one object, or the server would split differently
+            split_concatenated(record, 1, max_bytes=len(record))
+        except DecodeError as exc:
+            raise LocalProtocolError("a record must be exactly one msgpack object") from exc
     payload = compress(b"".join(body.records), level=level)
     return pack({"v": PROTOCOL_VERSION, "kind": "batch", "epoch": body.epoch,
                  "first_seq": body.first_seq, "count": len(body.records), "codec": "zstd",

@@ -3,17 +3,22 @@
 What an intake officer's tools rely on: a correct dossier passes with its
 defaults filled in and its text normalised; every wrong field is reported
 once, by path, in Vietnamese and English; events apply as expected and
-survive their wire encoding.
+survive their wire encoding, which leaves out nil values; a ``created`` event
+may leave out the dossier id, which then is derived from the record's
+(agent, epoch, seq) exactly as SPEC.md §6.3 says.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import unicodedata
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+import msgpack
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -29,6 +34,7 @@ from protocol.events import (
     StatusChanged,
     apply_event,
     decode_event,
+    derive_dossier_id,
     encode_event,
     event_from_wire,
     event_to_wire,
@@ -409,16 +415,21 @@ def test_fields_changed_on_the_wire_cannot_touch_id_code_or_status(field: str, v
     ("code", "BANHO-261126-0002"),
     ("status", "finished"),
 ])
-def test_apply_event_does_not_let_fields_changed_touch_id_code_or_status(
+def test_apply_event_refuses_fields_changed_touching_id_code_or_status(
     field: str, value: str,
 ) -> None:
     """The rule holds for an event built in code too, not only for one read off the wire."""
     before = recorded_dossier()
-    try:
-        after = apply_event(before, FieldsChanged(DOSSIER_ID, {field: value}, AT))
-    except ValidationError:
-        return
-    assert after[field] == before[field], f"FieldsChanged changed {field} to {after[field]!r}"
+    snapshot = copy.deepcopy(before)
+    for changes in ({field: value}, {"notes": "sửa ghi chú", field: value}):
+        with pytest.raises(ValidationError) as info:
+            apply_event(before, FieldsChanged(DOSSIER_ID, changes, AT))
+        assert [p.path for p in info.value.problems] == [f"changes.{field}"]
+        assert info.value.code is ErrorCode.INVALID_RECORD
+    assert before == snapshot  # nothing was half-applied
+    # ... even when the "change" would keep the value it has
+    with pytest.raises(ValidationError):
+        apply_event(before, FieldsChanged(DOSSIER_ID, {field: before[field]}, AT))
 
 
 @pytest.mark.parametrize("wire,path", [
@@ -434,8 +445,12 @@ def test_apply_event_does_not_let_fields_changed_touch_id_code_or_status(
     ({"t": "status", "id": DOSSIER_ID, "status": "finished", "at": AT, "extra": 1}, "extra"),
     ({"t": "fields", "id": DOSSIER_ID, "changes": {}, "at": AT}, "changes"),
     ({"t": "created", "dossier": {"procedure_code": "1.001193"}, "at": AT}, "dossier"),
+    ({"t": "created", "dossier": [DOSSIER_ID]}, "dossier"),
+    ({"t": "created"}, "dossier"),
+    ({"t": "status", "id": None, "status": "finished", "at": AT}, "id"),
 ], ids=["no-kind", "unknown-kind", "bad-id", "bad-status", "at-no-offset", "at-missing",
-        "by-not-text", "note-too-long", "unknown-field", "empty-changes", "created-extra-key"])
+        "by-not-text", "note-too-long", "unknown-field", "empty-changes", "created-extra-key",
+        "created-not-a-map", "created-no-dossier", "status-nil-id"])
 def test_malformed_events_name_the_bad_field(wire: dict[str, Any], path: str) -> None:
     with pytest.raises(ValidationError) as info:
         event_from_wire(wire)
@@ -481,6 +496,175 @@ def test_realistic_events_round_trip() -> None:
         assert decode_event(data) == event
         assert encode_event(decode_event(data)) == data  # same record bytes, same hash
         assert event_from_wire(event_to_wire(event)) == event
+
+
+# -- wire form: nil values are left out ----------------------------------------------------------
+
+
+def test_event_maps_leave_out_nil_values() -> None:
+    wires = [
+        event_to_wire(StatusChanged(DOSSIER_ID, "processing", AT)),
+        event_to_wire(FieldsChanged(DOSSIER_ID, {"notes": "x"}, AT)),
+        event_to_wire(DocumentAdded(DOSSIER_ID, {"name": "Tờ khai"}, AT)),
+    ]
+    assert wires == [
+        {"t": "status", "id": DOSSIER_ID, "status": "processing", "at": AT},
+        {"t": "fields", "id": DOSSIER_ID, "changes": {"notes": "x"}, "at": AT},
+        {"t": "document", "id": DOSSIER_ID, "document": {"name": "Tờ khai"}, "at": AT},
+    ]
+    assert encode_event(StatusChanged(DOSSIER_ID, "processing", AT)) == pack(wires[0])
+
+
+def test_created_dossier_leaves_out_its_nil_top_level_fields_only() -> None:
+    dossier = validate_dossier({
+        "id": DOSSIER_ID, "code": "BANHO-261126-0001", "procedure_code": "1.001193",
+        "procedure_name": "Đăng ký khai sinh", "received_at": AT,
+        "applicant": {"name": "Giàng Seo Páo", "address": None},
+        "documents": [{"name": "Tờ khai", "path": None}],
+    }, require_identity=True)
+    assert len(dossier) == 16 and dossier["notes"] is None
+    wire = event_to_wire(DossierCreated(dossier))["dossier"]
+    assert set(wire) == {"id", "code", "procedure_code", "procedure_name", "channel",
+                         "applicant", "received_at", "fees", "documents", "status"}
+    # Nested maps are written as given; defaults and empty lists are not nil.
+    assert wire["applicant"] == {"name": "Giàng Seo Páo", "address": None}
+    assert wire["documents"] == [{"name": "Tờ khai", "path": None}]
+    assert (wire["fees"], wire["channel"], wire["status"]) == ([], "direct", "received")
+    # Decoding gives back the full normalised dossier, nils included.
+    assert decode_event(encode_event(DossierCreated(dossier))) == DossierCreated(dossier)
+
+
+def test_absent_and_nil_optional_keys_decode_alike() -> None:
+    """A peer (or an older agent) may still write nil; both forms mean the same event."""
+    compact = {"t": "status", "id": DOSSIER_ID, "status": "finished", "at": AT}
+    assert event_from_wire({**compact, "by": None, "note": None}) == event_from_wire(compact)
+    dossier = {**recorded_dossier(), "notes": None, "field": None}
+    compact_dossier = event_to_wire(DossierCreated(dossier))["dossier"]
+    assert "notes" not in compact_dossier and "field" not in compact_dossier
+    with_nils = {"t": "created", "dossier": {**compact_dossier, "notes": None, "field": None}}
+    assert event_from_wire(with_nils) == event_from_wire({"t": "created",
+                                                          "dossier": compact_dossier})
+
+
+def test_nil_inside_changes_is_kept_and_clears_the_field() -> None:
+    before = recorded_dossier()
+    assert before["notes"] is not None
+    event = FieldsChanged(DOSSIER_ID, {"notes": None, "due_at": None}, AT)
+    data = encode_event(event)
+    assert msgpack.unpackb(data, raw=False)["changes"] == {"notes": None, "due_at": None}
+    decoded = decode_event(data)
+    assert decoded == event
+    after = apply_event(before, decoded)
+    assert after["notes"] is None and after["due_at"] is None
+
+
+# -- derived dossier ids -------------------------------------------------------------------------
+
+AGENT = "ag-0123456789abcdef"
+ID_NAMESPACE = uuid.UUID("8d7f3b52-61c4-4e0f-9a43-2a0c5d1e7b19")
+
+
+def _uuid5_by_hand(agent_id: str, epoch: int, seq: int) -> str:
+    """RFC 4122 §4.3 spelled out, as SPEC.md §6.3 describes it for other implementations."""
+    digest = bytearray(hashlib.sha1(ID_NAMESPACE.bytes + f"{agent_id}/{epoch}/{seq}".encode(),
+                                    usedforsecurity=False).digest()[:16])
+    digest[6] = digest[6] & 0x0F | 0x50  # version 5
+    digest[8] = digest[8] & 0x3F | 0x80  # RFC 4122 variant
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def test_derived_id_known_answer() -> None:
+    # SPEC.md §6.3 and §12: the first record of agent ag-0123456789abcdef, epoch 1.
+    assert derive_dossier_id(AGENT, 1, 1) == "dee7ca1e-40ad-564e-8d99-959072f07525"
+    assert derive_dossier_id(AGENT, 1, 2) == _uuid5_by_hand(AGENT, 1, 2)
+
+
+@PROPS
+@given(agent=st.text(min_size=1, max_size=64), epoch=st.integers(1, 2**63 - 1),
+       seq=st.integers(1, 2**63 - 1))
+def test_derived_id_is_a_deterministic_uuid5_of_agent_epoch_and_seq(
+    agent: str, epoch: int, seq: int,
+) -> None:
+    derived = derive_dossier_id(agent, epoch, seq)
+    assert derived == derive_dossier_id(agent, epoch, seq) == _uuid5_by_hand(agent, epoch, seq)
+    parsed = uuid.UUID(derived)
+    assert str(parsed) == derived  # canonical: lowercase, hyphenated
+    assert (parsed.version, parsed.variant) == (5, uuid.RFC_4122)
+
+
+def test_derived_ids_differ_for_every_record_position() -> None:
+    positions = [(agent, epoch, seq) for agent in (AGENT, "ag-0123456789abcdee", "ag-1", "ag-1/1")
+                 for epoch in (1, 2, 11) for seq in (1, 2, 11, 111)]
+    ids = {derive_dossier_id(*position) for position in positions}
+    assert len(ids) == len(positions)
+
+
+def _derived_dossier(seq: int = 1) -> dict[str, Any]:
+    dossier = recorded_dossier()
+    dossier["id"] = derive_dossier_id(AGENT, 1, seq)
+    return dossier
+
+
+def test_created_event_without_id_round_trips_only_with_its_derived_id() -> None:
+    dossier = _derived_dossier()
+    event = DossierCreated(dossier, derived_id=True)
+    data = encode_event(event)
+    assert "id" not in msgpack.unpackb(data, raw=False)["dossier"]  # it never travels
+    assert len(data) < len(encode_event(DossierCreated(dossier)))
+    decoded = decode_event(data, derived_id=dossier["id"])
+    assert decoded == event and decoded.derived_id
+    assert encode_event(decoded) == data  # the same record bytes, so the same hash
+    assert event_from_wire(event_to_wire(event), dossier["id"]) == event
+    # Without the record's position the id is unknown: the event is invalid.
+    with pytest.raises(ValidationError) as info:
+        decode_event(data)
+    assert [p.path for p in info.value.problems] == ["id"]
+    # Elsewhere in the queue the same bytes name another dossier.
+    elsewhere = decode_event(data, derived_id=derive_dossier_id(AGENT, 1, 2))
+    assert isinstance(elsewhere, DossierCreated)
+    assert elsewhere.dossier_id == derive_dossier_id(AGENT, 1, 2) != dossier["id"]
+
+
+def test_created_event_with_an_id_keeps_it_whatever_the_derived_id() -> None:
+    event = DossierCreated(recorded_dossier())
+    decoded = decode_event(encode_event(event), derived_id=derive_dossier_id(AGENT, 1, 1))
+    assert decoded == event
+    assert decoded.dossier_id == DOSSIER_ID and not decoded.derived_id
+
+
+def test_derived_id_is_validated_like_any_id() -> None:
+    data = encode_event(DossierCreated(_derived_dossier(), derived_id=True))
+    with pytest.raises(ValidationError) as info:
+        decode_event(data, derived_id="hs-0001")
+    assert [p.path for p in info.value.problems] == ["id"]
+    upper = decode_event(data, derived_id=derive_dossier_id(AGENT, 1, 1).upper())
+    assert upper.dossier_id == derive_dossier_id(AGENT, 1, 1)  # normalised
+
+
+def test_created_event_with_a_nil_id_is_not_a_derived_id() -> None:
+    """Only an absent id stands for the derived one; nil is refused (SPEC.md §6.3)."""
+    wire = event_to_wire(DossierCreated(_derived_dossier(), derived_id=True))
+    wire["dossier"]["id"] = None
+    with pytest.raises(ValidationError) as info:
+        event_from_wire(wire, derive_dossier_id(AGENT, 1, 1))
+    assert [p.path for p in info.value.problems] == ["id"]
+
+
+def test_created_event_without_code_is_invalid_even_with_a_derived_id() -> None:
+    wire = event_to_wire(DossierCreated(_derived_dossier(), derived_id=True))
+    del wire["dossier"]["code"]
+    with pytest.raises(ValidationError) as info:
+        event_from_wire(wire, derive_dossier_id(AGENT, 1, 1))
+    assert [p.path for p in info.value.problems] == ["code"]
+
+
+def test_derived_id_applies_only_to_created_events() -> None:
+    other = derive_dossier_id(AGENT, 9, 9)
+    event = StatusChanged(DOSSIER_ID, "finished", AT)
+    assert decode_event(encode_event(event), derived_id=other) == event
+    with pytest.raises(ValidationError):
+        decode_event(pack({"t": "status", "status": "finished", "at": AT}), derived_id=other)
 
 
 # -- properties over generated dossiers --------------------------------------------------------
@@ -590,7 +774,29 @@ def test_generated_events_round_trip(
                                    "path": None}, at, by),
     ]
     for event in events:
-        assert decode_event(encode_event(event)) == event
+        data = encode_event(event)
+        assert decode_event(data) == event
+        assert encode_event(decode_event(data)) == data
+        wire = msgpack.unpackb(data, raw=False)
+        assert None not in wire.values()  # nil values are left out
+        if event is events[0]:
+            assert None not in wire["dossier"].values()
+
+
+@PROPS
+@given(dossier=recorded_dossiers, epoch=st.integers(1, 2**63 - 1),
+       seq=st.integers(1, 2**63 - 1))
+def test_generated_created_events_without_id_round_trip_with_the_derived_id(
+    dossier: dict[str, Any], epoch: int, seq: int,
+) -> None:
+    derived = derive_dossier_id(AGENT, epoch, seq)
+    event = DossierCreated({**dossier, "id": derived}, derived_id=True)
+    data = encode_event(event)
+    assert "id" not in msgpack.unpackb(data, raw=False)["dossier"]
+    assert decode_event(data, derived_id=derived) == event
+    assert encode_event(decode_event(data, derived_id=derived)) == data
+    with pytest.raises(ValidationError):
+        decode_event(data)
 
 
 @PROPS

@@ -1,5 +1,9 @@
 """`protocol` is pure: importing it loads no networking, event loop or database module,
-and neither of the packages built on it (`client`, `syncd`)."""
+and neither of the packages built on it (`client`, `syncd`).
+
+Pure-compute libraries are allowed: msgpack, zstandard (batch payloads) and
+cryptography (signatures).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,8 @@ import protocol
 
 FORBIDDEN = ("asyncio", "aiohttp", "aiosqlite", "sqlite3", "socket", "ssl", "selectors",
              "client", "syncd")
+# Third-party packages protocol may import: they compute on bytes, nothing more.
+ALLOWED_THIRD_PARTY = ("msgpack", "zstandard", "cryptography")
 PROJECT_ROOT = Path(protocol.__file__).resolve().parent.parent
 
 _PROBE = """
@@ -47,7 +53,8 @@ def _matching(modules: set[str]) -> list[str]:
 
 def test_every_protocol_module_is_covered() -> None:
     names = _submodules()
-    for expected in ("codec", "dossier", "errors", "events", "messages", "signing"):
+    for expected in ("codec", "compression", "dossier", "errors", "events", "messages",
+                     "signing", "zstd_dictionaries"):
         assert f"protocol.{expected}" in names
 
 
@@ -57,6 +64,17 @@ def test_importing_protocol_loads_no_io_modules_nor_client_or_syncd() -> None:
     assert set(names) <= after  # every submodule really was imported
     assert _matching(before) == [], "the bare interpreter already loads one; the test is moot"
     assert _matching(after) == []
+
+
+def test_the_allowed_compute_libraries_are_what_protocol_really_uses() -> None:
+    """zstandard is allowed because it is used (batch payloads) and pulls in nothing
+    forbidden; the allowance is not a blanket one."""
+    assert not set(ALLOWED_THIRD_PARTY) & set(FORBIDDEN)
+    _, after = _loaded_by_fresh_import(_submodules())
+    tops = {m.split(".")[0] for m in after}
+    assert set(ALLOWED_THIRD_PARTY) <= tops
+    _, alone = _loaded_by_fresh_import(["zstandard"])
+    assert _matching(alone) == []
 
 
 def test_the_probe_would_notice_a_forbidden_import() -> None:
