@@ -1,10 +1,9 @@
 """Batch payload compression: zstd with a shipped, versioned dictionary.
 
-Why (measured by ``bench/compression.py`` on realistic dossier batches):
-a trained dictionary makes a lone dossier cost ~65 bytes instead of ~375, and
-level 19 gets a backlog of hundreds of dossiers to ~31 bytes each, close to
-the information in them; zlib level 9 stays at ~40 bytes each even in big
-batches. The level is chosen by the sender per batch (slow links earn the
+Why (measured on realistic dossier batches; SPEC.md §13 has the tables):
+with the trained dictionary a lone dossier costs ~60 bytes instead of ~330
+with zlib level 9, and at level 19 a backlog in batches of 300 costs ~29
+bytes a dossier, close to the information in them, where zlib 9 stays at ~39. The level is chosen by the sender per batch (slow links earn the
 CPU of a high level); the decoder does not care.
 
 Rules:
