@@ -117,6 +117,7 @@ class SyncEngine:
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not secrecy
         self._documents = documents
         self._documents_checked: set[str] = set()
+        self._failures = 0  # consecutive failed attempts since the last progress
 
     def _check_stop(self) -> None:
         if self._stop is not None and self._stop.is_set():
@@ -155,6 +156,7 @@ class SyncEngine:
             raise
         if reply.status == 200:
             self.pacer.on_success(len(body), self._clock() - started, raw_bytes)
+            self._failures = 0  # progress: the next failure backs off from the start
         return reply, batch_digest(env)
 
     def _decode_ack(self, reply: Reply, epoch: int, digest: bytes | None) -> Ack:
@@ -308,7 +310,8 @@ class SyncEngine:
     def _wait_s(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
         retry_after = getattr(exc, "retry_after_s", None)
-        return full_jitter(state.attempt_number, self.limits.backoff_base_s,
+        self._failures += 1
+        return full_jitter(self._failures, self.limits.backoff_base_s,
                            self.limits.backoff_cap_s, self._rng, retry_after)
 
     async def push_until_done(self, *, timeout_s: float | None = None,
