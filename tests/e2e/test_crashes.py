@@ -64,6 +64,9 @@ def project(held: Any, given: Any, path: str = "") -> Any:
     """
     if isinstance(given, dict) and isinstance(held, dict):
         for key, value in held.items():
+            if key == "channel" and key not in given:
+                assert value == "direct", f"{path}channel defaults to direct, not {value!r}"
+                continue
             if key not in given and key not in SERVER_ADDED + IDENTITY + ("status",):
                 assert value in (None, [], {}), f"{path}{key} = {value!r} was never entered"
         return {key: project(held.get(key), value, f"{path}{key}.")
@@ -83,7 +86,7 @@ def assert_same_dossier(held: dict[str, Any], given: dict[str, Any], status: str
 def intake_key(dossier: dict[str, Any]) -> tuple[str, ...]:
     """Fields that single out one generated dossier (random 12-digit id and phone)."""
     applicant = dossier["applicant"]
-    return (applicant["id_number"], applicant["phone"], dossier["summary"],
+    return (applicant["id_number"], applicant["phone"], applicant["name"],
             dossier["received_at"])
 
 
