@@ -3,8 +3,9 @@
 Why (measured on realistic dossier batches; SPEC.md §13 has the tables):
 with the trained dictionary a lone dossier costs ~60 bytes instead of ~330
 with zlib level 9, and at level 19 a backlog in batches of 300 costs ~29
-bytes a dossier, close to the information in them, where zlib 9 stays at ~39. The level is chosen by the sender per batch (slow links earn the
-CPU of a high level); the decoder does not care.
+bytes a dossier, close to the information in them, where zlib 9 stays at ~39.
+The level is chosen by the sender per batch (slow links earn the CPU of a high
+level); the decoder does not care.
 
 Rules:
 
