@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from .codec import pack
 from .errors import DecodeError
@@ -34,15 +35,15 @@ MAX_DOCUMENT_BYTES = 200 * 1024 * 1024
 _SHA256 = re.compile(r"[0-9a-f]{64}", re.ASCII)
 
 
-def _sha(obj: dict[str, object]) -> str:
-    value = _get(obj, "sha256", str)  # type: ignore[arg-type]
+def _sha(obj: dict[str, Any]) -> str:
+    value = _get(obj, "sha256", str)
     if not _SHA256.fullmatch(value):
         raise DecodeError("sha256 must be 64 lowercase hex digits")
     return str(value)
 
 
-def _size(obj: dict[str, object]) -> int:
-    size = _seq(obj, "size")  # type: ignore[arg-type]
+def _size(obj: dict[str, Any]) -> int:
+    size = _seq(obj, "size")
     if size > MAX_DOCUMENT_BYTES:
         raise DecodeError("document larger than the limit")
     return size

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from .codec import pack
-from .errors import DecodeError, SignatureError
+from .errors import DecodeError
 from .messages import PROTOCOL_VERSION, Envelope, decode_envelope, encode_envelope
 from .signing import sign_envelope, verify_envelope
 
@@ -88,5 +88,3 @@ def open_reply(data: bytes, identity_public_key: bytes) -> bytes:
     verify_envelope(env, identity_public_key)
     return env.signed
 
-
-__all__ += ["SignatureError"]
