@@ -7,6 +7,7 @@ the engine sizes them from the payload and the link's measured rate.
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 
 import aiohttp
@@ -40,8 +41,10 @@ class HttpTransport:
     """POSTs protocol messages to ``base_url``; create inside a running loop."""
 
     def __init__(self, base_url: str, *, timeout_s: float = 60.0,
-                 max_reply_bytes: int = 1024 * 1024) -> None:
+                 max_reply_bytes: int = 1024 * 1024,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self._base = base_url.rstrip("/")
+        self._ssl = ssl_context
         self._default_timeout_s = timeout_s
         self._max_reply = max_reply_bytes
         self._session: aiohttp.ClientSession | None = None
@@ -50,7 +53,8 @@ class HttpTransport:
         if self._session is None:
             # No automatic retries or redirects underneath: retrying is the engine's job.
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=4, keepalive_timeout=30),
+                connector=aiohttp.TCPConnector(limit=4, keepalive_timeout=30,
+                                               ssl=self._ssl if self._ssl else True),
                 skip_auto_headers=("User-Agent",))
         return self._session
 
