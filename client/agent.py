@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import ssl
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta, timezone
@@ -20,6 +21,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 from protocol import (
     DecodeError,
     DossierCreated,
+    SignatureError,
     StatusChanged,
     ValidationError,
     derive_dossier_id,
@@ -29,11 +31,14 @@ from protocol import (
 )
 from protocol.dossier import parse_timestamp
 from protocol.messages import (
+    EnrollReply,
     EnrollRequest,
     decode_enroll_reply,
+    decode_envelope,
     decode_error,
     encode_enroll_request,
 )
+from protocol.sealing import fingerprint, open_reply
 from protocol.signing import public_key_bytes, sign_enrollment
 
 from .config import AgentConfig, AgentPaths
@@ -42,13 +47,20 @@ from .errors import InputError, RefusedError, SetupError, TransportError
 from .files import read_secret, write_atomic
 from .queue import Queue
 from .sync import SyncEngine, local_now_iso
-from .transport import HttpTransport
+from .transport import HttpTransport, Reply
 
 __all__ = ["Agent", "enroll"]
 
 VN_TZ = timezone(timedelta(hours=7))
 MAX_CODES_PER_DAY = 999
 MAX_RECORD_BYTES = 256 * 1024  # well inside the server's per-record limit
+
+
+def _ssl_for(root: Path, ca_name: str | None, server_url: str) -> ssl.SSLContext | None:
+    if not server_url.startswith("https:"):
+        return None
+    from .tls import client_ssl_context
+    return client_ssl_context(root / ca_name if ca_name else None)
 
 
 def _load_or_create_key(paths: AgentPaths) -> Ed25519PrivateKey:
@@ -61,38 +73,71 @@ def _load_or_create_key(paths: AgentPaths) -> Ed25519PrivateKey:
     return key
 
 
-async def enroll(paths: AgentPaths, server_url: str, token: str, name: str | None) -> AgentConfig:
+def _token_fingerprint(token: str) -> str:
+    parts = token.split(".")
+    if len(parts) != 3 or parts[0] != "cs1" or not parts[1] or len(parts[2]) < 22:
+        raise InputError("invalid token", ["token: không phải mã đăng ký của syncd / "
+                                           "not an enrollment token from `syncd enroll`"])
+    return parts[1]
+
+
+def _read_enroll_reply(reply: Reply, pin: str) -> EnrollReply:
+    """Accept the answer only from the server whose key the token pins."""
+    try:
+        env = decode_envelope(reply.body)
+        if env.kind != "reply":
+            raise DecodeError("not a server reply")
+        if reply.status != 200:
+            err = decode_error(env.signed)
+            raise RefusedError(err.code, err.message)
+        enrolled = decode_enroll_reply(env.signed)
+        if fingerprint(enrolled.server_key) != pin:
+            raise TransportError("the server's key does not match the one the token names")
+        open_reply(reply.body, enrolled.server_key)
+    except (DecodeError, SignatureError) as exc:
+        raise TransportError(f"HTTP {reply.status} without a valid signed answer") from exc
+    return enrolled
+
+
+async def enroll(paths: AgentPaths, server_url: str, token: str, name: str | None, *,
+                 ca_file: Path | None = None) -> AgentConfig:
     """Create keys, register the public key with the server, create the queue.
+
+    The token carries the fingerprint of the server's identity key; the agent
+    pins that key from the first answer on.
 
     Raises:
         SetupError: already initialised, or the data directory is unusable.
+        InputError: the token is not one `syncd enroll` printed.
         RefusedError: the server refused the token.
         TransportError: the server could not be reached properly.
     """
+    pin = _token_fingerprint(token)
     if paths.config.exists():
         raise SetupError(f"{paths.root} already holds an enrolled agent")
     paths.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    ca_name = None
+    if ca_file is not None:
+        ca_name = "ca.pem"
+        try:
+            write_atomic(paths.root / ca_name, ca_file.read_bytes())
+        except OSError as exc:
+            raise SetupError(f"cannot read CA file {ca_file}: {exc.strerror or exc}") from exc
     key = _load_or_create_key(paths)
     if not paths.queue_key.exists():
         write_atomic(paths.queue_key, os.urandom(32), mode=0o600)
     request = EnrollRequest(token, public_key_bytes(key), name, sign_enrollment(key, token))
-    transport = HttpTransport(server_url, timeout_s=60)
+    transport = HttpTransport(server_url, timeout_s=60,
+                              ssl_context=_ssl_for(paths.root, ca_name, server_url))
     try:
         reply = await transport.post("/v1/enroll", encode_enroll_request(request))
     finally:
         await transport.close()
-    if reply.status != 200:
-        try:
-            err = decode_error(reply.body)
-        except DecodeError as exc:
-            raise TransportError(f"HTTP {reply.status} without a protocol answer") from exc
-        raise RefusedError(err.code, err.message)
-    try:
-        enrolled = decode_enroll_reply(reply.body)
-    except DecodeError as exc:
-        raise TransportError("the server's enrollment answer is not valid") from exc
+    enrolled = _read_enroll_reply(reply, pin)
     config = AgentConfig(server_url, enrolled.agent_id, enrolled.commune_code,
-                         enrolled.counter_block, enrolled.name or name)
+                         enrolled.counter_block, enrolled.name or name,
+                         enrolled.server_key.hex(), enrolled.sealing_key_id,
+                         enrolled.sealing_key.hex(), ca_file=ca_name)
     queue = await Queue.open(paths.queue_db, read_secret(paths.queue_key, 32),
                              config.agent_id, create=True)
     await queue.close()
@@ -122,10 +167,19 @@ class Agent:
     async def close(self) -> None:
         await self.queue.close()
 
+    def transport(self) -> HttpTransport:
+        return HttpTransport(self.config.server_url, ssl_context=_ssl_for(
+            self.paths.root, self.config.ca_file, self.config.server_url))
+
     def engine(self, transport: HttpTransport, **options: Any) -> SyncEngine:
         """A sync engine for this data directory (locked, documents included)."""
         return SyncEngine(self.queue, self.config, self.key, transport,
-                          lock_path=self.paths.sync_lock, documents=self.documents, **options)
+                          lock_path=self.paths.sync_lock, documents=self.documents,
+                          save_config=self._save_config, **options)
+
+    def _save_config(self, config: AgentConfig) -> None:
+        self.config = config
+        config.save(self.paths)
 
     async def waiting(self) -> bool:
         """Whether any record or document still waits for the server."""

@@ -31,7 +31,6 @@ from .errors import (
     TransportError,
 )
 from .i18n import Messages, pick_language
-from .transport import HttpTransport
 
 __all__ = ["main"]
 
@@ -68,7 +67,8 @@ async def _with_agent(paths: AgentPaths, work: Callable[[Agent], Coroutine[Any, 
 
 
 async def cmd_init(args: argparse.Namespace, say: Messages) -> int:
-    config = await enroll(AgentPaths(args.data_dir), args.server, args.token, args.name)
+    config = await enroll(AgentPaths(args.data_dir), args.server, args.token, args.name,
+                          ca_file=args.ca_file)
     print(say("enrolled", agent=config.agent_id, commune=config.commune_code))
     return EXIT_OK
 
@@ -172,7 +172,7 @@ async def _report_sync(agent: Agent, say: Messages, reason: str | None) -> int:
 
 async def cmd_sync_now(args: argparse.Namespace, say: Messages) -> int:
     async def work(agent: Agent) -> int:
-        transport = HttpTransport(agent.config.server_url)
+        transport = agent.transport()
         tty = sys.stderr.isatty()
 
         def progress(acked: int, total: int) -> None:
@@ -214,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("init", parents=[common], help="enroll this PC and create the queue")
     p.add_argument("--server", required=True, help="server URL, e.g. http://127.0.0.1:8700")
     p.add_argument("--token", required=True, help="one-time enrollment token from `syncd enroll`")
+    p.add_argument("--ca-file", type=Path, default=None,
+                   help="PEM CA certificate to trust for an https server (copied as ca.pem)")
     p.add_argument("--name", default=None, help="a name for this PC")
     p.set_defaults(func=cmd_init)
     p = sub.add_parser("add", parents=[common], help="record dossiers from a JSON file")

@@ -20,6 +20,8 @@ from urllib.parse import urlsplit
 
 import platformdirs
 
+from protocol import SealTo
+
 from .errors import SetupError
 from .files import read_json, write_json
 
@@ -71,6 +73,11 @@ class AgentConfig:
     commune_code: str
     counter_block: int
     name: str | None = None
+    server_key: str = ""  # the server's pinned Ed25519 identity key, hex
+    sealing_key_id: int = 0  # the server's current X25519 sealing key, learned from signed acks
+    sealing_key: str = ""
+    retention_days: float = 90.0  # acknowledged plaintext is erased after this (server time)
+    ca_file: str | None = None  # a private CA for https, relative to the data directory
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.server_url)
@@ -78,6 +85,23 @@ class AgentConfig:
             raise SetupError(f"server URL must start with http:// or https://: {self.server_url}")
         if not 0 <= self.counter_block <= 9:
             raise SetupError("counter_block must be between 0 and 9")
+        try:
+            ok = len(bytes.fromhex(self.server_key)) == 32 and len(
+                bytes.fromhex(self.sealing_key)) == 32
+        except ValueError:
+            ok = False
+        if not ok:
+            raise SetupError("agent.json lacks the server's pinned keys; enroll again")
+        if self.retention_days < 0:
+            raise SetupError("retention_days must not be negative")
+
+    @property
+    def server_key_bytes(self) -> bytes:
+        return bytes.fromhex(self.server_key)
+
+    def seal_to(self) -> SealTo:
+        return SealTo(self.agent_id, self.commune_code, self.sealing_key_id,
+                      bytes.fromhex(self.sealing_key))
 
     @classmethod
     def load(cls, paths: AgentPaths) -> AgentConfig:

@@ -16,7 +16,6 @@ from .agent import Agent
 from .config import AgentPaths
 from .errors import AgentError, QueueCorrupt
 from .sync import Stopped
-from .transport import HttpTransport
 
 __all__ = ["run_daemon"]
 
@@ -32,7 +31,7 @@ async def run_daemon(paths: AgentPaths, *, poll_s: float = 0.5, refused_pause_s:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     agent = await Agent.open(paths)
-    transport = HttpTransport(agent.config.server_url)
+    transport = agent.transport()
     engine = agent.engine(transport, stop=stop)
     log.info("daemon running for agent %s", agent.config.agent_id)
     try:

@@ -24,7 +24,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -38,7 +38,9 @@ from protocol import (
     CursorRequest,
     DecodeError,
     ErrorCode,
+    SignatureError,
 )
+from protocol.batches import encode_batch_body
 from protocol.compression import level_for_rate
 from protocol.documents import (
     DocChunk,
@@ -53,10 +55,10 @@ from protocol.messages import (
     batch_digest,
     decode_ack,
     decode_error,
-    encode_batch_body,
     encode_cursor_request,
     encode_envelope,
 )
+from protocol.sealing import open_reply
 from protocol.signing import sign_envelope
 
 from .config import AgentConfig
@@ -102,7 +104,8 @@ class SyncEngine:
                  progress: Callable[[int, int], None] | None = None,
                  lock_path: Path | None = None, stop: asyncio.Event | None = None,
                  rng: random.Random | None = None,
-                 documents: DocumentStore | None = None) -> None:
+                 documents: DocumentStore | None = None,
+                 save_config: Callable[[AgentConfig], None] | None = None) -> None:
         self._queue = queue
         self._config = config
         self._key = key
@@ -116,6 +119,7 @@ class SyncEngine:
         self._stop = stop
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not secrecy
         self._documents = documents
+        self._save_config = save_config
         self._documents_checked: set[str] = set()
         self._failures = 0  # consecutive failed attempts since the last progress
 
@@ -159,21 +163,48 @@ class SyncEngine:
             self._failures = 0  # progress: the next failure backs off from the start
         return reply, batch_digest(env)
 
-    def _decode_ack(self, reply: Reply, epoch: int, digest: bytes | None) -> Ack:
+    def _open(self, reply: Reply) -> bytes:
+        """The message inside a reply signed by the pinned server key.
+
+        Anything else (a captive portal's page, a proxy's error, a forgery) is
+        a transport failure: nothing in it is believed.
+        """
         try:
             if reply.content_type != MEDIA_TYPE:
                 raise DecodeError(f"reply of type {reply.content_type!r}")
-            ack = decode_ack(reply.body)
+            return open_reply(reply.body, self._config.server_key_bytes)
+        except (DecodeError, SignatureError) as exc:
+            raise TransportError(f"HTTP {reply.status} without a valid signed answer "
+                                 f"from the server ({exc})",
+                                 retry_after_s=reply.retry_after_s) from exc
+
+    def _decode_ack(self, reply: Reply, epoch: int, digest: bytes | None) -> Ack:
+        message = self._open(reply)
+        try:
+            ack = decode_ack(message)
         except DecodeError as exc:
             raise TransportError(f"the server's reply is not a valid ack ({exc})") from exc
         if ack.agent_id != self._config.agent_id or ack.epoch != epoch or (
                 digest is not None and ack.batch != digest):
             raise TransportError("the ack does not match the batch sent")
+        self._learn_sealing_key(ack)
         return ack
+
+    def _learn_sealing_key(self, ack: Ack) -> None:
+        """A signed ack names the server's current sealing key; follow rotations."""
+        if ack.sealing_key_id is not None and ack.sealing_key is not None and (
+                ack.sealing_key_id > self._config.sealing_key_id):
+            self._config = replace(self._config, sealing_key_id=ack.sealing_key_id,
+                                   sealing_key=ack.sealing_key.hex())
+            if self._save_config is not None:
+                self._save_config(self._config)
+            log.info("server sealing key %d is now current", ack.sealing_key_id)
 
     def _refusal(self, reply: Reply) -> SyncError:
         try:
-            err = decode_error(reply.body)
+            err = decode_error(self._open(reply))
+        except TransportError as exc:
+            return exc
         except DecodeError:
             return TransportError(f"HTTP {reply.status} without a protocol answer",
                                   retry_after_s=reply.retry_after_s)
@@ -196,12 +227,13 @@ class SyncEngine:
             return 0
         body = BatchBody(pending.epoch, pending.first_seq, pending.records, local_now_iso())
         raw = sum(len(r) for r in pending.records)
-        signed = encode_batch_body(body, level=level_for_rate(self.pacer.rate_bps))
+        signed = encode_batch_body(body, self._config.seal_to(),
+                                   level=level_for_rate(self.pacer.rate_bps))
         reply, digest = await self._post("/v1/batches", signed, "batch", raw)
         if reply.status == 409:
             refusal = self._refusal(reply)
             if isinstance(refusal, RefusedError) and refusal.code == ErrorCode.GAP:
-                err = decode_error(reply.body)
+                err = decode_error(self._open(reply))
                 if err.acked_seq is not None and err.acked_seq < pending.first_seq:
                     log.warning("server holds up to seq %d; resending from there", err.acked_seq)
                     await self._queue.rewind(pending.epoch, err.acked_seq)
@@ -241,10 +273,9 @@ class SyncEngine:
         reply, _ = await self._post(path, signed, kind)
         if reply.status not in (200, 409):
             raise self._refusal(reply)
+        message = self._open(reply)
         try:
-            if reply.content_type != MEDIA_TYPE:
-                raise DecodeError(f"reply of type {reply.content_type!r}")
-            state = decode_doc_state(reply.body, DEFAULT_LIMITS)
+            state = decode_doc_state(message, DEFAULT_LIMITS)
         except DecodeError as exc:
             if reply.status == 409:  # not "start at this offset" but a refusal
                 raise self._refusal(reply) from exc
@@ -276,7 +307,8 @@ class SyncEngine:
         chunk = DocChunk(sha256, size, offset, data)
         try:
             await self._document_request("/v1/documents/chunk", "doc_chunk",
-                                         encode_doc_chunk(chunk), sha256)
+                                         encode_doc_chunk(chunk, self._config.seal_to()),
+                                         sha256)
         except TransportError:
             self._documents_checked.discard(sha256)  # ask again: it may have been stored
             raise

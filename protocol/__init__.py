@@ -6,6 +6,7 @@ starts an event loop. Both the agent (:mod:`client`) and the server
 bytes.
 """
 
+from .batches import BatchBody, SealTo
 from .codec import pack, unpack
 from .dossier import CHANNELS, STATUS_CODES, STATUSES, validate_dossier, validate_status
 from .errors import (
@@ -33,7 +34,6 @@ from .messages import (
     MEDIA_TYPE,
     PROTOCOL_VERSION,
     Ack,
-    BatchBody,
     CursorRequest,
     EnrollReply,
     EnrollRequest,
@@ -67,6 +67,7 @@ __all__ = [
     "LocalProtocolError",
     "ProtocolError",
     "RemoteProtocolError",
+    "SealTo",
     "SignatureError",
     "StatusChanged",
     "ValidationError",

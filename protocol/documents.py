@@ -14,21 +14,27 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from .batches import SealTo
 from .codec import pack
-from .errors import DecodeError
+from .errors import DecodeError, LocalProtocolError
 from .messages import PROTOCOL_VERSION, Limits, _closed, _get, _map, _seq
+from .sealing import chunk_info, open_payload, seal_payload
 
 __all__ = [
     "MAX_DOCUMENT_BYTES",
     "DocChunk",
     "DocState",
     "DocStatusRequest",
+    "SealedChunk",
     "decode_doc_chunk",
     "decode_doc_state",
     "decode_doc_status",
     "encode_doc_chunk",
     "encode_doc_state",
     "encode_doc_status",
+    "open_doc_chunk",
 ]
 
 MAX_DOCUMENT_BYTES = 200 * 1024 * 1024
@@ -81,18 +87,46 @@ class DocChunk:
         return f"DocChunk({self.sha256[:12]}…, offset={self.offset}, {len(self.data)} bytes)"
 
 
-def encode_doc_chunk(chunk: DocChunk) -> bytes:
-    return pack({"v": PROTOCOL_VERSION, "kind": "doc_chunk", "sha256": chunk.sha256,
-                 "size": chunk.size, "offset": chunk.offset, "data": chunk.data})
+@dataclass(frozen=True)
+class SealedChunk:
+    """A decoded chunk before opening; ``sealed`` is HPKE of its bytes."""
+
+    sha256: str
+    size: int
+    offset: int
+    key_id: int
+    sealed: bytes
 
 
-def decode_doc_chunk(data: bytes, limits: Limits) -> DocChunk:
-    obj = _map(data, "doc_chunk", limits.max_body_bytes)
-    _closed(obj, {"sha256", "size", "offset", "data"})
-    chunk = DocChunk(_sha(obj), _size(obj), _seq(obj, "offset"), _get(obj, "data", bytes))
+def encode_doc_chunk(chunk: DocChunk, seal: SealTo) -> bytes:
+    """Seal the chunk's bytes to the server (scans are personal data too)."""
     if not chunk.data or chunk.offset + len(chunk.data) > chunk.size:
+        raise LocalProtocolError("a chunk must be non-empty and inside the document")
+    sealed = seal_payload(chunk.data, seal.public_key,
+                          chunk_info(seal.agent_id, chunk.sha256, chunk.size, chunk.offset))
+    return pack({"v": PROTOCOL_VERSION, "kind": "doc_chunk", "sha256": chunk.sha256,
+                 "size": chunk.size, "offset": chunk.offset, "key_id": seal.key_id,
+                 "sealed": sealed})
+
+
+def decode_doc_chunk(data: bytes, limits: Limits) -> SealedChunk:
+    obj = _map(data, "doc_chunk", limits.max_body_bytes)
+    _closed(obj, {"sha256", "size", "offset", "key_id", "sealed"})
+    return SealedChunk(_sha(obj), _size(obj), _seq(obj, "offset"), _seq(obj, "key_id"),
+                       _get(obj, "sealed", bytes))
+
+
+def open_doc_chunk(chunk: SealedChunk, key: X25519PrivateKey, agent_id: str) -> DocChunk:
+    """Open a sealed chunk sent by ``agent_id``.
+
+    Raises:
+        DecodeError: not sealed for this key, agent and position, or out of bounds.
+    """
+    data = open_payload(chunk.sealed, key,
+                        chunk_info(agent_id, chunk.sha256, chunk.size, chunk.offset))
+    if not data or chunk.offset + len(data) > chunk.size:
         raise DecodeError("chunk is empty or runs past the document's size")
-    return chunk
+    return DocChunk(chunk.sha256, chunk.size, chunk.offset, data)
 
 
 @dataclass(frozen=True)

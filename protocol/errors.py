@@ -39,6 +39,11 @@ class ErrorCode(enum.StrEnum):
     TOO_LARGE = "too_large"  # body or decompressed size beyond the limits
     BAD_SIGNATURE = "bad_signature"
     UNKNOWN_AGENT = "unknown_agent"
+    REVOKED = "revoked"  # the agent was cut off by an operator
+    FORBIDDEN = "forbidden"  # a batch claiming another agent or commune
+    RATE_LIMITED = "rate_limited"
+    TIMEOUT = "timeout"  # the client sent its body too slowly
+    UNKNOWN_KEY = "unknown_key"  # sealed to a server key the server does not hold
     INVALID_TOKEN = "invalid_token"  # noqa: S105 - an error code  # unknown, used by another key, or expired
     GAP = "gap"  # batch starts beyond the server's position + 1
     CONFLICT = "conflict"  # same (agent, epoch, seq), different content

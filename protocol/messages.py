@@ -17,15 +17,13 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from .codec import pack, split_concatenated, unpack
-from .compression import compress, decompress
-from .errors import DecodeError, ErrorCode, LocalProtocolError
+from .codec import pack, unpack
+from .errors import DecodeError, ErrorCode
 
 __all__ = [
     "MEDIA_TYPE",
     "PROTOCOL_VERSION",
     "Ack",
-    "BatchBody",
     "CursorRequest",
     "EnrollReply",
     "EnrollRequest",
@@ -35,14 +33,12 @@ __all__ = [
     "Verdict",
     "batch_digest",
     "decode_ack",
-    "decode_batch_body",
     "decode_cursor_request",
     "decode_enroll_reply",
     "decode_enroll_request",
     "decode_envelope",
     "decode_error",
     "encode_ack",
-    "encode_batch_body",
     "encode_cursor_request",
     "encode_enroll_reply",
     "encode_enroll_request",
@@ -151,55 +147,6 @@ def batch_digest(env: Envelope) -> bytes:
 
 # -- batch -------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class BatchBody:
-    """Records ``first_seq ..`` of one epoch, each the agent's stored bytes."""
-
-    epoch: int
-    first_seq: int
-    records: tuple[bytes, ...]
-    agent_clock: str | None = None
-
-    @property
-    def last_seq(self) -> int:
-        return self.first_seq + len(self.records) - 1
-
-
-def encode_batch_body(body: BatchBody, *, level: int = 9) -> bytes:
-    """Encode a batch; its records (each one msgpack object) travel concatenated
-    in one zstd frame, so no per-record framing is sent."""
-    if not body.records or body.first_seq < 1 or body.epoch < 1:
-        raise LocalProtocolError("a batch needs at least one record, seq and epoch from 1")
-    if body.epoch > _MAX_SEQ or body.last_seq > _MAX_SEQ:
-        raise LocalProtocolError("epoch or seq out of range")
-    if not 1 <= level <= 22:
-        raise LocalProtocolError("zstd level must be between 1 and 22")
-    for record in body.records:
-        try:  # each record must be exactly one object, or the server would split differently
-            split_concatenated(record, 1, max_bytes=len(record))
-        except DecodeError as exc:
-            raise LocalProtocolError("a record must be exactly one msgpack object") from exc
-    payload = compress(b"".join(body.records), level=level)
-    return pack({"v": PROTOCOL_VERSION, "kind": "batch", "epoch": body.epoch,
-                 "first_seq": body.first_seq, "count": len(body.records), "codec": "zstd",
-                 "payload": payload, "agent_clock": body.agent_clock})
-
-
-def decode_batch_body(data: bytes, limits: Limits = DEFAULT_LIMITS) -> BatchBody:
-    obj = _map(data, "batch", limits.max_body_bytes)
-    _closed(obj, {"epoch", "first_seq", "count", "codec", "payload", "agent_clock"})
-    epoch, first_seq = _seq(obj, "epoch", 1), _seq(obj, "first_seq", 1)
-    count = _seq(obj, "count", 1)
-    if count > limits.max_records or first_seq + count - 1 > _MAX_SEQ:
-        raise DecodeError(f"batch of {count} records exceeds the limit", code=ErrorCode.TOO_LARGE)
-    if obj.get("codec") != "zstd":
-        raise DecodeError(f"unknown codec {obj.get('codec')!r}")
-    clock = _get(obj, "agent_clock", str, optional=True)
-    inflated = decompress(_get(obj, "payload", bytes), max_bytes=limits.max_inflated_bytes)
-    records = split_concatenated(inflated, count, max_bytes=limits.max_record_bytes)
-    return BatchBody(epoch, first_seq, records, clock)
-
-
 # -- ack and error -------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -221,18 +168,30 @@ class Ack:
     verdicts: tuple[Verdict, ...] = ()
     batch: bytes | None = None
     server_time: str | None = None
+    sealing_key_id: int | None = None  # the server's current sealing key, for rotation
+    sealing_key: bytes | None = None
 
 
 def encode_ack(ack: Ack) -> bytes:
     return pack({"v": PROTOCOL_VERSION, "kind": "ack", "agent": ack.agent_id,
                  "epoch": ack.epoch, "acked_seq": ack.acked_seq,
                  "verdicts": [[v.seq, v.code, v.message] for v in ack.verdicts],
-                 "batch": ack.batch, "server_time": ack.server_time})
+                 "batch": ack.batch, "server_time": ack.server_time,
+                 "sealing_key_id": ack.sealing_key_id, "sealing_key": ack.sealing_key})
+
+
+def _sealing_key(obj: dict[str, Any]) -> tuple[int | None, bytes | None]:
+    key_id = _get(obj, "sealing_key_id", int, optional=True)
+    key = _get(obj, "sealing_key", bytes, optional=True)
+    if (key_id is None) != (key is None) or (key is not None and len(key) != 32):
+        raise DecodeError("malformed sealing key")
+    return key_id, key
 
 
 def decode_ack(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Ack:
     obj = _map(data, "ack", limits.max_body_bytes)
-    _closed(obj, {"agent", "epoch", "acked_seq", "verdicts", "batch", "server_time"})
+    _closed(obj, {"agent", "epoch", "acked_seq", "verdicts", "batch", "server_time",
+                  "sealing_key_id", "sealing_key"})
     verdicts = []
     for item in _get(obj, "verdicts", list):
         if not (isinstance(item, list) and len(item) == 3 and isinstance(item[0], int)
@@ -242,7 +201,7 @@ def decode_ack(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Ack:
         verdicts.append(Verdict(item[0], item[1], item[2]))
     return Ack(_get(obj, "agent", str), _seq(obj, "epoch", 1), _seq(obj, "acked_seq"),
                tuple(verdicts), _get(obj, "batch", bytes, optional=True),
-               _get(obj, "server_time", str, optional=True))
+               _get(obj, "server_time", str, optional=True), *_sealing_key(obj))
 
 
 @dataclass(frozen=True)
@@ -331,19 +290,29 @@ class EnrollReply:
     commune_code: str
     name: str | None
     counter_block: int
+    server_key: bytes  # Ed25519 identity key: the agent pins it (token fingerprint)
+    sealing_key_id: int
+    sealing_key: bytes  # X25519 key batches are sealed to
 
 
 def encode_enroll_reply(reply: EnrollReply) -> bytes:
     return pack({"v": PROTOCOL_VERSION, "kind": "enrolled", "agent": reply.agent_id,
                  "commune_code": reply.commune_code, "name": reply.name,
-                 "counter_block": reply.counter_block})
+                 "counter_block": reply.counter_block, "server_key": reply.server_key,
+                 "sealing_key_id": reply.sealing_key_id, "sealing_key": reply.sealing_key})
 
 
 def decode_enroll_reply(data: bytes, limits: Limits = DEFAULT_LIMITS) -> EnrollReply:
     obj = _map(data, "enrolled", 4096)
-    _closed(obj, {"agent", "commune_code", "name", "counter_block"})
+    _closed(obj, {"agent", "commune_code", "name", "counter_block", "server_key",
+                  "sealing_key_id", "sealing_key"})
     block = _seq(obj, "counter_block")
     if block > 9:
         raise DecodeError("enrolled: counter_block out of range")
+    server_key = _get(obj, "server_key", bytes)
+    key_id, sealing_key = _sealing_key(obj)
+    if len(server_key) != 32 or key_id is None or sealing_key is None:
+        raise DecodeError("enrolled: malformed server keys")
     return EnrollReply(_get(obj, "agent", str), _get(obj, "commune_code", str),
-                       _get(obj, "name", str, optional=True), block)
+                       _get(obj, "name", str, optional=True), block, server_key, key_id,
+                       sealing_key)

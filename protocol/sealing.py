@@ -23,12 +23,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from .codec import pack
-from .errors import DecodeError
+from .errors import DecodeError, LocalProtocolError
 from .messages import PROTOCOL_VERSION, Envelope, decode_envelope, encode_envelope
 from .signing import sign_envelope, verify_envelope
 
 __all__ = [
     "SERVER_NAME",
+    "batch_info",
+    "chunk_info",
     "fingerprint",
     "open_payload",
     "open_reply",
@@ -46,28 +48,35 @@ def fingerprint(identity_public_key: bytes) -> str:
     return base64.b32encode(digest[:10]).decode().lower()
 
 
-def _info(agent_id: str, epoch: int, first_seq: int, count: int) -> bytes:
+def batch_info(agent_id: str, epoch: int, first_seq: int, count: int) -> bytes:
+    """HPKE ``info`` of a batch: binds agent, epoch and seq range."""
     return b"commune-sync batch\x00" + pack([PROTOCOL_VERSION, agent_id, epoch, first_seq, count])
 
 
-def seal_payload(payload: bytes, sealing_key: bytes, *, agent_id: str, epoch: int,
-                 first_seq: int, count: int) -> bytes:
+def chunk_info(agent_id: str, sha256: str, size: int, offset: int) -> bytes:
+    """HPKE ``info`` of a document chunk: binds agent, document and position."""
+    return b"commune-sync chunk\x00" + pack([PROTOCOL_VERSION, agent_id, sha256, size, offset])
+
+
+def seal_payload(payload: bytes, sealing_key: bytes, info: bytes) -> bytes:
     """Seal ``payload`` to the server's X25519 public key (32 raw bytes)."""
-    return bytes(_SUITE.encrypt(payload, X25519PublicKey.from_public_bytes(sealing_key),
-                                info=_info(agent_id, epoch, first_seq, count)))
+    try:
+        public = X25519PublicKey.from_public_bytes(sealing_key)
+    except ValueError as exc:
+        raise LocalProtocolError("the server's sealing key is not 32 bytes") from exc
+    return bytes(_SUITE.encrypt(payload, public, info=info))
 
 
-def open_payload(sealed: bytes, key: X25519PrivateKey, *, agent_id: str, epoch: int,
-                 first_seq: int, count: int) -> bytes:
+def open_payload(sealed: bytes, key: X25519PrivateKey, info: bytes) -> bytes:
     """Open a sealed payload; any change to it or to its context fails.
 
     Raises:
-        DecodeError: the payload was not sealed for this key and batch.
+        DecodeError: the payload was not sealed for this key and context.
     """
     try:
-        return bytes(_SUITE.decrypt(sealed, key, info=_info(agent_id, epoch, first_seq, count)))
+        return bytes(_SUITE.decrypt(sealed, key, info=info))
     except (InvalidTag, ValueError) as exc:
-        raise DecodeError("sealed payload does not open for this batch") from exc
+        raise DecodeError("sealed payload does not open for this key and context") from exc
 
 
 def seal_reply(identity: Ed25519PrivateKey, message: bytes) -> bytes:

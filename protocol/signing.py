@@ -12,15 +12,18 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from .codec import pack
 from .errors import SignatureError
-from .messages import Envelope, enroll_proof_input, signing_input
+from .messages import PROTOCOL_VERSION, Envelope, enroll_proof_input, signing_input
 
 __all__ = [
     "public_key_bytes",
     "sign_enrollment",
     "sign_envelope",
+    "sign_rotation",
     "verify_enrollment",
     "verify_envelope",
+    "verify_rotation",
 ]
 
 
@@ -45,6 +48,19 @@ def sign_enrollment(key: Ed25519PrivateKey, token: str) -> bytes:
 
 def verify_enrollment(public_key: bytes, token: str, proof: bytes) -> None:
     _verify(public_key, proof, enroll_proof_input(token, public_key))
+
+
+def rotation_proof_input(agent_id: str, new_key: bytes) -> bytes:
+    """What a new agent key signs to show the agent holds it (``/v1/rotate``)."""
+    return b"commune-sync\x00rotate\x00" + pack([PROTOCOL_VERSION, agent_id, new_key])
+
+
+def sign_rotation(new_key: Ed25519PrivateKey, agent_id: str) -> bytes:
+    return new_key.sign(rotation_proof_input(agent_id, public_key_bytes(new_key)))
+
+
+def verify_rotation(agent_id: str, new_key: bytes, proof: bytes) -> None:
+    _verify(new_key, proof, rotation_proof_input(agent_id, new_key))
 
 
 def _verify(public_key: bytes, signature: bytes, data: bytes) -> None:

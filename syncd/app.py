@@ -1,25 +1,37 @@
-"""The aiohttp application: enrollment, batch ingest, cursor, health.
+"""The aiohttp application: enrollment, batch ingest, cursor, documents, health.
 
-Every answer to an agent is a protocol message (msgpack, MEDIA_TYPE): an
-ack, an enrollment reply, or an error with a stable code. Hostile input gets
-a 4xx and changes nothing; an unexpected failure is logged with a request id
+Every answer to an agent is a protocol message (msgpack, MEDIA_TYPE) inside
+an envelope signed by the server's identity key: an ack, an enrollment reply,
+a document state, or an error with a stable code. Order of checks on a
+request: size (413) and pace (408) of the body, the envelope's signature
+against the claimed agent's key (401), revocation (403), the agent's rate
+(429), what the batch claims (403), opening it (400); nothing is stored
+before all of them pass. An unexpected failure is logged with a request id
 and answered 503 (retry later), never with a traceback.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
 
 from protocol import MEDIA_TYPE, ErrorCode, ErrorReply, ProtocolError, SignatureError
-from protocol.documents import decode_doc_chunk, decode_doc_status, encode_doc_state
+from protocol.batches import decode_sealed_batch, open_batch
+from protocol.documents import (
+    decode_doc_chunk,
+    decode_doc_status,
+    encode_doc_state,
+    open_doc_chunk,
+)
 from protocol.messages import (
+    Ack,
     batch_digest,
-    decode_batch_body,
     decode_cursor_request,
     decode_enroll_request,
     decode_envelope,
@@ -27,33 +39,58 @@ from protocol.messages import (
     encode_enroll_reply,
     encode_error,
 )
+from protocol.sealing import seal_reply
 from protocol.signing import verify_envelope
 
 from .config import ServerConfig
 from .documents import DocumentStore
-from .enrollment import consume_token
+from .enrollment import consume_token, rotate_agent_key
 from .errors import RequestError, StoreError
 from .ingest import ingest_batch, read_cursor
+from .keys import ServerKeys
 from .store import AgentRow, SqliteStore
 
-__all__ = ["CONFIG", "STORE", "make_app"]
+__all__ = ["CONFIG", "KEYS", "STORE", "make_app"]
 
 log = logging.getLogger("syncd.app")
 CONFIG = web.AppKey("config", ServerConfig)
 DOCUMENTS = web.AppKey("documents", DocumentStore)
+KEYS = web.AppKey("keys", ServerKeys)
 STORE = web.AppKey("store", SqliteStore)
+LIMITER = web.AppKey("limiter", "RateLimiter")
 
 _STATUS_BY_CODE = {ErrorCode.TOO_LARGE: 413, ErrorCode.BAD_SIGNATURE: 401,
                    ErrorCode.UNSUPPORTED_VERSION: 400}
 
 
-def _reply(status: int, body: bytes, **headers: str) -> web.Response:
+class RateLimiter:
+    """A token bucket per agent (server clock); refuses with a Retry-After."""
+
+    def __init__(self, rate_per_s: float, burst: float) -> None:
+        self._rate, self._burst = rate_per_s, burst
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def check(self, agent_id: str, now: float) -> float | None:
+        """None if allowed, else seconds to wait."""
+        tokens, then = self._buckets.get(agent_id, (self._burst, now))
+        tokens = min(self._burst, tokens + (now - then) * self._rate)
+        if tokens < 1:
+            self._buckets[agent_id] = (tokens, now)
+            return (1 - tokens) / self._rate
+        self._buckets[agent_id] = (tokens - 1, now)
+        return None
+
+
+def _reply(request: web.Request, status: int, message: bytes, **headers: str) -> web.Response:
+    body = seal_reply(request.app[KEYS].identity, message)
     return web.Response(status=status, body=body, content_type=MEDIA_TYPE, headers=headers)
 
 
-def _error(status: int, code: str, message: str, *, epoch: int | None = None,
-           acked_seq: int | None = None, **headers: str) -> web.Response:
-    return _reply(status, encode_error(ErrorReply(code, message, epoch, acked_seq)), **headers)
+def _error(request: web.Request, status: int, code: str, message: str, *,
+           epoch: int | None = None, acked_seq: int | None = None,
+           **headers: str) -> web.Response:
+    return _reply(request, status, encode_error(ErrorReply(code, message, epoch, acked_seq)),
+                  **headers)
 
 
 @web.middleware
@@ -64,31 +101,39 @@ async def errors_middleware(request: web.Request,
     try:
         response = await handler(request)
     except RequestError as exc:
-        response = _error(exc.status, exc.code, exc.message, epoch=exc.epoch,
-                          acked_seq=exc.acked_seq)
+        headers = {"Retry-After": f"{exc.retry_after_s:.0f}"} if exc.retry_after_s else {}
+        response = _error(request, exc.status, exc.code, exc.message, epoch=exc.epoch,
+                          acked_seq=exc.acked_seq, **headers)
     except ProtocolError as exc:
-        response = _error(_STATUS_BY_CODE.get(exc.code, 400), exc.code, str(exc))
+        response = _error(request, _STATUS_BY_CODE.get(exc.code, 400), exc.code, str(exc))
     except web.HTTPRequestEntityTooLarge:
-        response = _error(413, ErrorCode.TOO_LARGE, "request body too large")
+        response = _error(request, 413, ErrorCode.TOO_LARGE, "request body too large")
     except web.HTTPException:
         raise
     except StoreError as exc:
         log.error("request %s: store unavailable: %s", request_id, exc)
-        response = _error(503, ErrorCode.INTERNAL, "store unavailable; retry later",
+        response = _error(request, 503, ErrorCode.INTERNAL, "store unavailable; retry later",
                           **{"Retry-After": "5"})
     except Exception:
         log.exception("request %s failed", request_id)
-        response = _error(503, ErrorCode.INTERNAL, "server error; retry later",
+        response = _error(request, 503, ErrorCode.INTERNAL, "server error; retry later",
                           **{"Retry-After": "5"})
     response.headers["X-Request-Id"] = request_id
     return response
 
 
 async def _body(request: web.Request) -> bytes:
-    limit = request.app[CONFIG].max_body_bytes
-    if request.content_length is not None and request.content_length > limit:
-        raise RequestError(413, ErrorCode.TOO_LARGE, f"body larger than {limit} bytes")
-    return await request.read()
+    """The whole body, within the size limit and at a minimum pace (slow clients: 408)."""
+    config = request.app[CONFIG]
+    length = request.content_length
+    if length is not None and length > config.max_body_bytes:
+        raise RequestError(413, ErrorCode.TOO_LARGE, f"body larger than {config.max_body_bytes}"
+                           " bytes")
+    allowed_s = config.body_timeout_s + (length or 0) / config.min_client_bytes_per_s
+    try:
+        return await asyncio.wait_for(request.read(), allowed_s)
+    except TimeoutError as exc:
+        raise RequestError(408, ErrorCode.TIMEOUT, "request body arrived too slowly") from exc
 
 
 async def _authenticate(request: web.Request, kind: str) -> tuple[AgentRow, bytes, bytes]:
@@ -104,47 +149,87 @@ async def _authenticate(request: web.Request, kind: str) -> tuple[AgentRow, byte
     except SignatureError as exc:
         raise RequestError(401, ErrorCode.BAD_SIGNATURE, "signature does not verify") from exc
     if agent.revoked:
-        raise RequestError(403, ErrorCode.UNKNOWN_AGENT, "this agent has been revoked")
+        raise RequestError(403, ErrorCode.REVOKED, "this agent has been revoked by an operator")
+    wait_s = request.app[LIMITER].check(agent.agent_id, time.monotonic())
+    if wait_s is not None:
+        raise RequestError(429, ErrorCode.RATE_LIMITED, "too many requests",
+                           retry_after_s=max(1.0, wait_s))
     return agent, env.signed, batch_digest(env)
+
+
+def _with_keys(request: web.Request, ack: Ack) -> Ack:
+    keys = request.app[KEYS]
+    return Ack(ack.agent_id, ack.epoch, ack.acked_seq, ack.verdicts, ack.batch,
+               ack.server_time, keys.current_id, keys.sealing_public())
+
+
+def _sealing_key(request: web.Request, key_id: int) -> object:
+    key = request.app[KEYS].sealing.get(key_id)
+    if key is None:
+        raise RequestError(400, ErrorCode.UNKNOWN_KEY, f"no server sealing key {key_id}")
+    return key
 
 
 async def post_batch(request: web.Request) -> web.Response:
     agent, signed, digest = await _authenticate(request, "batch")
-    body = decode_batch_body(signed, request.app[CONFIG].limits)
+    config = request.app[CONFIG]
+    sealed = decode_sealed_batch(signed, config.limits)
+    if sealed.agent_id != agent.agent_id or sealed.commune_code != agent.commune_code:
+        raise RequestError(403, ErrorCode.FORBIDDEN,
+                           "a batch may only carry its own agent's and commune's records")
+    body = open_batch(sealed, _sealing_key(request, sealed.key_id), config.limits)  # type: ignore[arg-type]
     ack = await ingest_batch(request.app[STORE], agent, body, digest)
     log.info("agent %s epoch %d: records %d-%d, acked %d, %d verdicts", agent.agent_id,
              body.epoch, body.first_seq, body.last_seq, ack.acked_seq, len(ack.verdicts))
-    return _reply(200, encode_ack(ack))
+    return _reply(request, 200, encode_ack(_with_keys(request, ack)))
 
 
 async def post_cursor(request: web.Request) -> web.Response:
     agent, signed, _ = await _authenticate(request, "cursor")
     cursor = decode_cursor_request(signed, request.app[CONFIG].limits)
-    return _reply(200, encode_ack(await read_cursor(request.app[STORE], agent, cursor.epoch)))
+    ack = await read_cursor(request.app[STORE], agent, cursor.epoch)
+    return _reply(request, 200, encode_ack(_with_keys(request, ack)))
 
 
 async def post_enroll(request: web.Request) -> web.Response:
     enroll = decode_enroll_request(await _body(request))
-    reply = await consume_token(request.app[STORE], enroll)
+    reply = await consume_token(request.app[STORE], request.app[KEYS], enroll)
     log.info("enrolled agent %s for commune %s", reply.agent_id, reply.commune_code)
-    return _reply(200, encode_enroll_reply(reply))
+    return _reply(request, 200, encode_enroll_reply(reply))
+
+
+async def post_rotate(request: web.Request) -> web.Response:
+    """Replace an agent's signing key; signed by the current key (or, for a retry
+    whose answer was lost, by the previous one naming the current key)."""
+    env = decode_envelope(await _body(request), request.app[CONFIG].limits)
+    agent = await request.app[STORE].agent(env.agent_id)
+    if env.kind != "rotate" or agent is None:
+        raise RequestError(401, ErrorCode.UNKNOWN_AGENT, "unknown agent")
+    if agent.revoked:
+        raise RequestError(403, ErrorCode.REVOKED, "this agent has been revoked by an operator")
+    await rotate_agent_key(request.app[STORE], agent, env)
+    log.info("agent %s rotated its signing key", agent.agent_id)
+    ack = await read_cursor(request.app[STORE], agent, 1)
+    return _reply(request, 200, encode_ack(_with_keys(request, ack)))
 
 
 async def post_doc_status(request: web.Request) -> web.Response:
     _, signed, _ = await _authenticate(request, "doc_status")
     query = decode_doc_status(signed, request.app[CONFIG].limits)
     state = await request.app[DOCUMENTS].state(query.sha256, query.size)
-    return _reply(200, encode_doc_state(state))
+    return _reply(request, 200, encode_doc_state(state))
 
 
 async def post_doc_chunk(request: web.Request) -> web.Response:
     agent, signed, _ = await _authenticate(request, "doc_chunk")
-    chunk = decode_doc_chunk(signed, request.app[CONFIG].limits)
+    sealed = decode_doc_chunk(signed, request.app[CONFIG].limits)
+    chunk = open_doc_chunk(sealed, _sealing_key(request, sealed.key_id),  # type: ignore[arg-type]
+                           agent.agent_id)
     status, state = await request.app[DOCUMENTS].put_chunk(chunk)
     if status == 200:
         log.info("agent %s document %s: %d/%d bytes%s", agent.agent_id, chunk.sha256[:12],
                  state.offset, state.size, " complete" if state.complete else "")
-    return _reply(status, encode_doc_state(state))
+    return _reply(request, status, encode_doc_state(state))
 
 
 async def get_health(request: web.Request) -> web.Response:
@@ -152,7 +237,7 @@ async def get_health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-def make_app(config: ServerConfig, store: SqliteStore,
+def make_app(config: ServerConfig, store: SqliteStore, keys: ServerKeys,
              documents_dir: Path | None = None) -> web.Application:
     """Build the application around an open store (the caller closes it).
 
@@ -162,11 +247,14 @@ def make_app(config: ServerConfig, store: SqliteStore,
                           client_max_size=config.max_body_bytes)
     app[CONFIG] = config
     app[STORE] = store
+    app[KEYS] = keys
+    app[LIMITER] = RateLimiter(config.rate_limit_per_s, config.rate_limit_burst)
     app[DOCUMENTS] = DocumentStore(documents_dir or store.path.parent / "documents", store)
     app.router.add_post("/v1/documents/status", post_doc_status)
     app.router.add_post("/v1/documents/chunk", post_doc_chunk)
     app.router.add_post("/v1/batches", post_batch)
     app.router.add_post("/v1/cursor", post_cursor)
     app.router.add_post("/v1/enroll", post_enroll)
+    app.router.add_post("/v1/rotate", post_rotate)
     app.router.add_get("/healthz", get_health)
     return app

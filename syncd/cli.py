@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
 from .app import make_app
 from .config import ServerConfig, ServerPaths, default_data_dir
 from .enrollment import create_token
 from .errors import SetupError, SyncdError
+from .ingest import utc_now
+from .keys import ServerKeys
 from .store import SqliteStore
 
 __all__ = ["main"]
@@ -67,10 +67,7 @@ async def cmd_init(args: argparse.Namespace) -> int:
         print(f"{paths.root} is already initialised; nothing changed.", file=sys.stderr)
         return 0
     paths.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if not paths.signing_key.exists():
-        key = Ed25519PrivateKey.generate()
-        _write_private(paths.signing_key,
-                       key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption()))
+    ServerKeys.create(paths.root)
     store = await SqliteStore.open(paths.database)
     await store.close()
     tmp = paths.config.with_suffix(".tmp")
@@ -81,11 +78,21 @@ async def cmd_init(args: argparse.Namespace) -> int:
 
 
 async def cmd_serve(args: argparse.Namespace) -> int:
-    config, store = await _open_store(ServerPaths(args.data_dir))
-    runner = web.AppRunner(make_app(config, store), access_log=None, shutdown_timeout=30)
+    paths = ServerPaths(args.data_dir)
+    keys = ServerKeys.load(paths.root)
+    ssl_context = None
+    if args.tls_cert or args.tls_key:
+        if not (args.tls_cert and args.tls_key):
+            raise SetupError("--tls-cert and --tls-key go together")
+        from .tls import server_ssl_context
+        ssl_context = server_ssl_context(args.tls_cert, args.tls_key)
+    config, store = await _open_store(paths)
+    runner = web.AppRunner(make_app(config, store, keys, paths.root / "documents"),
+                           access_log=None, shutdown_timeout=30)
     try:
         await runner.setup()
-        site = web.TCPSite(runner, args.host, args.port, reuse_address=True)
+        site = web.TCPSite(runner, args.host, args.port, reuse_address=True,
+                           ssl_context=ssl_context)
         await site.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -93,7 +100,8 @@ async def cmd_serve(args: argparse.Namespace) -> int:
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, stop.set)
         port = site._server.sockets[0].getsockname()[1] if site._server else args.port  # type: ignore[union-attr]
-        print(f"syncd listening on http://{args.host}:{port}", flush=True)
+        scheme = "https" if ssl_context else "http"
+        print(f"syncd listening on {scheme}://{args.host}:{port}", flush=True)
         await stop.wait()
         log.info("shutting down; finishing requests in flight")
     finally:
@@ -107,10 +115,39 @@ async def cmd_enroll(args: argparse.Namespace) -> int:
         print("--commune must be a 5-digit commune code", file=sys.stderr)
         return 2
 
+    keys = ServerKeys.load(ServerPaths(args.data_dir).root)
+    if args.expires_hours is not None and not 0 < args.expires_hours <= 24 * 365:
+        print("--expires-hours must be between 0 and 8760", file=sys.stderr)
+        return 2
+
     async def work(config: ServerConfig, store: SqliteStore) -> int:
-        print(await create_token(store, args.commune, args.name, config.token_ttl_hours))
+        ttl = config.token_ttl_hours if args.expires_hours is None else args.expires_hours
+        print(await create_token(store, args.commune, args.name, ttl, keys.fingerprint))
         return 0
     return await _with_store(args, work)
+
+
+async def cmd_revoke(args: argparse.Namespace) -> int:
+    async def work(config: ServerConfig, store: SqliteStore) -> int:
+        async with store.write() as txn:
+            row = await txn.one("SELECT revoked_at FROM agents WHERE agent_id = ?", args.agent_id)
+            if row is None:
+                print(f"syncd: no agent {args.agent_id}", file=sys.stderr)
+                return 1
+            if row[0] is None:
+                await txn.run("UPDATE agents SET revoked_at = ? WHERE agent_id = ?",
+                              utc_now(), args.agent_id)
+        print(f"Revoked {args.agent_id}; nothing it sends from now on is stored.",
+              file=sys.stderr)
+        return 0
+    return await _with_store(args, work)
+
+
+async def cmd_rotate_key(args: argparse.Namespace) -> int:
+    key_id = ServerKeys.rotate(ServerPaths(args.data_dir).root)
+    print(f"New sealing key {key_id} is current; older keys are kept so batches sealed to "
+          "them still open. Restart `syncd serve` to use it.", file=sys.stderr)
+    return 0
 
 
 def _print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
@@ -186,11 +223,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", parents=[common], help="run the server until SIGTERM")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8700)
+    p.add_argument("--tls-cert", type=Path, default=None, help="PEM certificate chain")
+    p.add_argument("--tls-key", type=Path, default=None, help="PEM private key")
     p.set_defaults(func=cmd_serve)
     p = sub.add_parser("enroll", parents=[common], help="print a one-time enrollment token")
     p.add_argument("--commune", required=True, help="5-digit commune code")
     p.add_argument("--name", default=None, help="name of the PC or desk")
+    p.add_argument("--expires-hours", type=float, default=None,
+                   help="token lifetime (default: token_ttl_hours in syncd.json, 72)")
     p.set_defaults(func=cmd_enroll)
+    p = sub.add_parser("revoke", parents=[common], help="cut an agent off")
+    p.add_argument("agent_id")
+    p.set_defaults(func=cmd_revoke)
+    p = sub.add_parser("rotate-key", parents=[common],
+                       help="add a new server sealing key (old ones are kept)")
+    p.set_defaults(func=cmd_rotate_key)
     p = sub.add_parser("document", parents=[common], help="write a document's bytes to stdout")
     p.add_argument("sha256")
     p.set_defaults(func=cmd_document)

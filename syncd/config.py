@@ -53,6 +53,10 @@ class ServerConfig:
     max_inflated_bytes: int = 32 * 1024 * 1024
     max_records_per_batch: int = 10_000
     token_ttl_hours: float = 72.0
+    body_timeout_s: float = 30.0  # plus one second per min_client_bytes_per_s of body
+    min_client_bytes_per_s: float = 1_000.0  # a 2G uplink does ~6,000
+    rate_limit_per_s: float = 5.0  # requests per agent, sustained
+    rate_limit_burst: float = 60.0
     limits: Limits = field(init=False)
 
     def __post_init__(self) -> None:

@@ -13,13 +13,21 @@ import hashlib
 import secrets
 from datetime import UTC, datetime, timedelta
 
-from protocol import EnrollReply, EnrollRequest, ErrorCode, SignatureError
-from protocol.signing import verify_enrollment
+from protocol import (
+    EnrollReply,
+    EnrollRequest,
+    Envelope,
+    ErrorCode,
+    SignatureError,
+    unpack,
+)
+from protocol.signing import verify_enrollment, verify_envelope, verify_rotation
 
 from .errors import RequestError
-from .store import SqliteStore
+from .keys import ServerKeys
+from .store import AgentRow, SqliteStore
 
-__all__ = ["consume_token", "create_token"]
+__all__ = ["consume_token", "create_token", "rotate_agent_key"]
 
 
 def _hash(token: str) -> bytes:
@@ -27,10 +35,11 @@ def _hash(token: str) -> bytes:
 
 
 async def create_token(store: SqliteStore, commune_code: str, name: str | None,
-                       ttl_hours: float) -> str:
-    # 192 random bits; the prefix keeps a token from starting with "-", which a
-    # command line would read as an option.
-    token = "cs1." + secrets.token_urlsafe(24)
+                       ttl_hours: float, server_fingerprint: str) -> str:
+    """A token ``cs1.<fingerprint>.<secret>``: 192 random bits, and the pin of the
+    server's identity key so the agent trusts nothing else from first contact.
+    The prefix also keeps a token from starting with "-" (read as an option)."""
+    token = f"cs1.{server_fingerprint}.{secrets.token_urlsafe(24)}"
     now = datetime.now(UTC)
     async with store.write() as txn:
         await txn.run("INSERT INTO tokens (token_hash, commune_code, name, created_at, expires_at)"
@@ -39,7 +48,8 @@ async def create_token(store: SqliteStore, commune_code: str, name: str | None,
     return token
 
 
-async def consume_token(store: SqliteStore, request: EnrollRequest) -> EnrollReply:
+async def consume_token(store: SqliteStore, keys: ServerKeys,
+                        request: EnrollRequest) -> EnrollReply:
     """Register ``request.public_key`` for the token's commune (idempotent per key)."""
     refused = RequestError(403, ErrorCode.INVALID_TOKEN,
                            "enrollment token is unknown, expired or already used")
@@ -60,7 +70,8 @@ async def consume_token(store: SqliteStore, request: EnrollRequest) -> EnrollRep
                 raise refused
             agent = await txn.one("SELECT name, counter_block FROM agents WHERE agent_id = ?",
                                   agent_id)
-            return EnrollReply(agent_id, commune, agent[0], agent[1])
+            return EnrollReply(agent_id, commune, agent[0], agent[1], keys.identity_public,
+                               keys.current_id, keys.sealing_public())
         if datetime.fromisoformat(expires_at) <= now:
             raise refused
         if await txn.one("SELECT 1 FROM agents WHERE public_key = ?", request.public_key):
@@ -77,4 +88,32 @@ async def consume_token(store: SqliteStore, request: EnrollRequest) -> EnrollRep
         await txn.run("UPDATE tokens SET public_key = ?, agent_id = ?, used_at = ? "
                       "WHERE token_hash = ?", request.public_key, agent_id, now.isoformat(),
                       _hash(request.token))
-    return EnrollReply(agent_id, commune, display, count)
+    return EnrollReply(agent_id, commune, display, count, keys.identity_public, keys.current_id,
+                       keys.sealing_public())
+
+
+async def rotate_agent_key(store: SqliteStore, agent: AgentRow, env: Envelope) -> None:
+    """Switch ``agent`` to a new signing key (idempotent for a retried request).
+
+    The envelope is signed by the current key (or, when the answer to an
+    accepted rotation was lost, by the previous key naming the current one);
+    ``proof`` shows possession of the new key.
+    """
+    obj = unpack(env.signed, max_bytes=1024)
+    new_key, proof = (obj.get("new_key"), obj.get("proof")) if isinstance(obj, dict) else (
+        None, None)
+    if not (isinstance(new_key, bytes) and len(new_key) == 32 and isinstance(proof, bytes)):
+        raise RequestError(400, ErrorCode.MALFORMED, "malformed rotation request")
+    try:
+        verify_rotation(agent.agent_id, new_key, proof)
+        if new_key == agent.public_key and agent.previous_key is not None:
+            verify_envelope(env, agent.previous_key)
+            return  # already done: the answer was lost
+        verify_envelope(env, agent.public_key)
+    except SignatureError as exc:
+        raise RequestError(401, ErrorCode.BAD_SIGNATURE, "signature does not verify") from exc
+    async with store.write() as txn:
+        await txn.run("UPDATE agents SET previous_key = public_key, public_key = ? "
+                      "WHERE agent_id = ? AND public_key = ?", new_key, agent.agent_id,
+                      agent.public_key)
+

@@ -27,13 +27,15 @@ class RequestError(SyncdError):
     """A request refused with ``status`` and a wire ``code``."""
 
     def __init__(self, status: int, code: ErrorCode | str, message: str, *,
-                 epoch: int | None = None, acked_seq: int | None = None) -> None:
+                 epoch: int | None = None, acked_seq: int | None = None,
+                 retry_after_s: float | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = str(code)
         self.message = message
         self.epoch = epoch
         self.acked_seq = acked_seq
+        self.retry_after_s = retry_after_s
 
 
 class StoreError(SyncdError):

@@ -62,6 +62,9 @@ _MIGRATIONS: tuple[str, ...] = (
         sha256 TEXT PRIMARY KEY, size INTEGER NOT NULL, received INTEGER NOT NULL,
         complete INTEGER NOT NULL, updated_at TEXT NOT NULL)
     """,
+    """
+    ALTER TABLE agents ADD COLUMN previous_key BLOB
+    """,
 )
 
 
@@ -73,6 +76,7 @@ class AgentRow:
     public_key: bytes
     counter_block: int
     revoked: bool
+    previous_key: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -200,8 +204,9 @@ class SqliteStore:
 
     async def agent(self, agent_id: str) -> AgentRow | None:
         rows = await self.read("SELECT agent_id, commune_code, name, public_key, counter_block, "
-                               "revoked_at IS NOT NULL FROM agents WHERE agent_id = ?", agent_id)
-        return AgentRow(*rows[0][:5], bool(rows[0][5])) if rows else None
+                               "revoked_at IS NOT NULL, previous_key FROM agents "
+                               "WHERE agent_id = ?", agent_id)
+        return AgentRow(*rows[0][:5], bool(rows[0][5]), rows[0][6]) if rows else None
 
     async def dossiers(self, commune_code: str | None = None) -> list[dict[str, Any]]:
         sql = "SELECT data, agent_id, commune_code FROM dossiers"

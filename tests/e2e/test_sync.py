@@ -12,8 +12,11 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from protocol import MEDIA_TYPE, BatchBody, DossierCreated, StatusChanged, encode_event
-from protocol.messages import decode_ack, decode_error, encode_batch_body, encode_envelope
+from client.config import AgentConfig, AgentPaths
+from protocol import MEDIA_TYPE, BatchBody, DossierCreated, SealTo, StatusChanged, encode_event
+from protocol.batches import encode_batch_body
+from protocol.messages import decode_ack, decode_error, encode_envelope
+from protocol.sealing import open_reply
 from protocol.signing import sign_envelope
 from tests.support.dossiers import make_dossiers
 from tests.support.procs import Server, agent, agent_status, enroll_agent
@@ -110,17 +113,24 @@ def test_altered_queue_row_fails_verify_and_is_never_sent(server: Server, agent_
 
 
 def _post_batch(server: Server, agent_dir: Path, body: BatchBody,
-                claim_agent: str | None = None) -> tuple[int, bytes]:
-    config = json.loads((agent_dir / "agent.json").read_text())
+                claim_agent: str | None = None, claim_commune: str | None = None,
+                ) -> tuple[int, bytes]:
+    """POST a batch built by hand with this agent's keys; return (status, opened reply)."""
+    config = AgentConfig.load(AgentPaths(agent_dir))
     key = Ed25519PrivateKey.from_private_bytes((agent_dir / "agent.key").read_bytes())
-    env = sign_envelope(key, "batch", claim_agent or config["agent_id"], encode_batch_body(body))
+    seal = config.seal_to()
+    seal = SealTo(claim_agent or seal.agent_id, claim_commune or seal.commune_code, seal.key_id,
+                  seal.public_key)
+    env = sign_envelope(key, "batch", claim_agent or config.agent_id,
+                        encode_batch_body(body, seal))
     request = urllib.request.Request(server.url + "/v1/batches", data=encode_envelope(env),
                                      headers={"Content-Type": MEDIA_TYPE}, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=10) as resp:
-            return resp.status, resp.read()
+            status, data = resp.status, resp.read()
     except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
+        status, data = exc.code, exc.read()
+    return status, open_reply(data, config.server_key_bytes)
 
 
 def test_same_seq_with_other_content_is_refused_and_raised(server: Server, agent_dir: Path,

@@ -12,22 +12,32 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from protocol import MEDIA_TYPE, BatchBody, DossierCreated, StatusChanged, encode_event, pack
+from protocol import (
+    MEDIA_TYPE,
+    BatchBody,
+    DossierCreated,
+    SealTo,
+    StatusChanged,
+    encode_event,
+    pack,
+)
+from protocol.batches import encode_batch_body
 from protocol.messages import (
     CursorRequest,
     EnrollRequest,
     decode_ack,
     decode_enroll_reply,
     decode_error,
-    encode_batch_body,
     encode_cursor_request,
     encode_enroll_request,
     encode_envelope,
 )
+from protocol.sealing import open_reply
 from protocol.signing import public_key_bytes, sign_enrollment, sign_envelope
-from syncd.app import make_app
+from syncd.app import KEYS, make_app
 from syncd.config import ServerConfig
 from syncd.enrollment import create_token
+from syncd.keys import ServerKeys
 from syncd.store import SqliteStore
 from tests.support.dossiers import make_dossiers
 
@@ -40,20 +50,33 @@ async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
 
 
 @pytest.fixture
-async def client(store: SqliteStore) -> AsyncIterator[TestClient[Any, Any]]:
+def keys(tmp_path: Path) -> ServerKeys:
+    return ServerKeys.create(tmp_path)
+
+
+@pytest.fixture
+async def client(store: SqliteStore, keys: ServerKeys) -> AsyncIterator[TestClient[Any, Any]]:
     config = ServerConfig(max_body_bytes=64 * 1024, max_inflated_bytes=256 * 1024)
-    async with TestClient(TestServer(make_app(config, store))) as client:
+    async with TestClient(TestServer(make_app(config, store, keys))) as client:
         yield client
 
 
 async def post(client: TestClient[Any, Any], path: str, body: bytes) -> tuple[int, bytes]:
+    """POST; return the status and the message inside the server's signed reply."""
     resp = await client.post(path, data=body, headers={"Content-Type": MEDIA_TYPE})
-    return resp.status, await resp.read()
+    keys: ServerKeys = client.server.app[KEYS]
+    return resp.status, open_reply(await resp.read(), keys.identity_public)
+
+
+def seal_for(client: TestClient[Any, Any], agent_id: str) -> SealTo:
+    keys: ServerKeys = client.server.app[KEYS]
+    return SealTo(agent_id, "01234", keys.current_id, keys.sealing_public())
 
 
 async def enroll(client: TestClient[Any, Any], store: SqliteStore, key: Ed25519PrivateKey,
                  token: str | None = None) -> tuple[int, bytes]:
-    token = token or await create_token(store, "01234", None, 72)
+    fp = client.server.app[KEYS].fingerprint
+    token = token or await create_token(store, "01234", None, 72, fp)
     request = EnrollRequest(token, public_key_bytes(key), "PC 1", sign_enrollment(key, token))
     return await post(client, "/v1/enroll", encode_enroll_request(request))
 
@@ -67,14 +90,14 @@ def created(seed: int) -> bytes:
 
 async def send(client: TestClient[Any, Any], key: Ed25519PrivateKey, agent_id: str,
                body: BatchBody) -> tuple[int, bytes]:
-    env = sign_envelope(key, "batch", agent_id, encode_batch_body(body))
+    env = sign_envelope(key, "batch", agent_id, encode_batch_body(body, seal_for(client, agent_id)))
     return await post(client, "/v1/batches", encode_envelope(env))
 
 
 async def test_enrollment_is_idempotent_per_key_and_single_use(
         client: TestClient[Any, Any], store: SqliteStore) -> None:
     key, other = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
-    token = await create_token(store, "01234", "Xã A", 72)
+    token = await create_token(store, "01234", "Xã A", 72, "fp")
     status, first = await enroll(client, store, key, token)
     assert status == 200
     status, again = await enroll(client, store, key, token)  # the answer was lost
@@ -89,10 +112,10 @@ async def test_enrollment_is_idempotent_per_key_and_single_use(
 async def test_expired_token_and_bad_proof_are_refused(client: TestClient[Any, Any],
                                                        store: SqliteStore) -> None:
     key = Ed25519PrivateKey.generate()
-    expired = await create_token(store, "01234", None, -1)
+    expired = await create_token(store, "01234", None, -1, "fp")
     status, _ = await enroll(client, store, key, expired)
     assert status == 403
-    token = await create_token(store, "01234", None, 72)
+    token = await create_token(store, "01234", None, 72, "fp")
     bad = EnrollRequest(token, public_key_bytes(key), None, bytes(64))
     status, reply = await post(client, "/v1/enroll", encode_enroll_request(bad))
     assert status == 401 and decode_error(reply).code == "bad_signature"
