@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
 from protocol import (
+    PROTOCOL_VERSION,
     DecodeError,
     DossierCreated,
     SignatureError,
@@ -26,6 +27,7 @@ from protocol import (
     ValidationError,
     derive_dossier_id,
     encode_event,
+    pack,
     validate_dossier,
     validate_status,
 )
@@ -37,9 +39,10 @@ from protocol.messages import (
     decode_envelope,
     decode_error,
     encode_enroll_request,
+    encode_envelope,
 )
 from protocol.sealing import fingerprint, open_reply
-from protocol.signing import public_key_bytes, sign_enrollment
+from protocol.signing import public_key_bytes, sign_enrollment, sign_envelope, sign_rotation
 
 from .config import AgentConfig, AgentPaths
 from .documents import DocumentStore
@@ -63,13 +66,13 @@ def _ssl_for(root: Path, ca_name: str | None, server_url: str) -> ssl.SSLContext
     return client_ssl_context(root / ca_name if ca_name else None)
 
 
-def _load_or_create_key(paths: AgentPaths) -> Ed25519PrivateKey:
-    """Reuse a key left by an interrupted init, so a retried enrollment is idempotent."""
-    if paths.signing_key.exists():
-        return Ed25519PrivateKey.from_private_bytes(read_secret(paths.signing_key, 32))
+def _load_or_create_key(path: Path) -> Ed25519PrivateKey:
+    """Reuse a key left by an interrupted init or rotation, so a retry is idempotent."""
+    if path.exists():
+        return Ed25519PrivateKey.from_private_bytes(read_secret(path, 32))
     key = Ed25519PrivateKey.generate()
     raw = key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
-    write_atomic(paths.signing_key, raw, mode=0o600)
+    write_atomic(path, raw, mode=0o600)
     return key
 
 
@@ -123,7 +126,7 @@ async def enroll(paths: AgentPaths, server_url: str, token: str, name: str | Non
             write_atomic(paths.root / ca_name, ca_file.read_bytes())
         except OSError as exc:
             raise SetupError(f"cannot read CA file {ca_file}: {exc.strerror or exc}") from exc
-    key = _load_or_create_key(paths)
+    key = _load_or_create_key(paths.signing_key)
     if not paths.queue_key.exists():
         write_atomic(paths.queue_key, os.urandom(32), mode=0o600)
     request = EnrollRequest(token, public_key_bytes(key), name, sign_enrollment(key, token))
@@ -176,6 +179,32 @@ class Agent:
         return SyncEngine(self.queue, self.config, self.key, transport,
                           lock_path=self.paths.sync_lock, documents=self.documents,
                           save_config=self._save_config, **options)
+
+    async def rotate_key(self) -> None:
+        """Replace the agent's signing key with a new one, registered with the server.
+
+        The new key waits in ``agent.key.next`` until the server has accepted
+        it, so an interrupted rotation is simply run again.
+        """
+        next_path = self.paths.root / "agent.key.next"
+        new = _load_or_create_key(next_path)
+        signed = pack({"v": PROTOCOL_VERSION, "kind": "rotate", "new_key": public_key_bytes(new),
+                       "proof": sign_rotation(new, self.config.agent_id)})
+        env = sign_envelope(self.key, "rotate", self.config.agent_id, signed)
+        transport = self.transport()
+        try:
+            reply = await transport.post("/v1/rotate", encode_envelope(env))
+        finally:
+            await transport.close()
+        try:
+            message = open_reply(reply.body, self.config.server_key_bytes)
+        except (DecodeError, SignatureError) as exc:
+            raise TransportError(f"HTTP {reply.status} without a valid signed answer") from exc
+        if reply.status != 200:
+            err = decode_error(message)
+            raise RefusedError(err.code, err.message)
+        os.replace(next_path, self.paths.signing_key)
+        self.key = new
 
     def _save_config(self, config: AgentConfig) -> None:
         self.config = config

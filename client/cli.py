@@ -31,6 +31,7 @@ from .errors import (
     TransportError,
 )
 from .i18n import Messages, pick_language
+from .lock import SyncLock
 
 __all__ = ["main"]
 
@@ -150,6 +151,8 @@ def _why_waiting(exc: BaseException, say: Messages, last_error: str | None,
         return say("document_bad", sha256=exc.sha256)
     if isinstance(exc, LockBusy):
         return say("reason_busy")
+    if isinstance(exc, RefusedError) and exc.code == "revoked":
+        return say("reason_revoked")
     if isinstance(exc, RefusedError):
         return say("reason_refused", error=exc)
     return say("reason_unreachable", error=exc)
@@ -196,6 +199,15 @@ async def cmd_sync_now(args: argparse.Namespace, say: Messages) -> int:
     return await _with_agent(AgentPaths(args.data_dir), work)
 
 
+async def cmd_rotate_key(args: argparse.Namespace, say: Messages) -> int:
+    async def work(agent: Agent) -> int:
+        async with SyncLock(agent.paths.sync_lock, wait_s=60):
+            await agent.rotate_key()
+        print(say("key_rotated", agent=agent.config.agent_id))
+        return EXIT_OK
+    return await _with_agent(AgentPaths(args.data_dir), work)
+
+
 async def cmd_run(args: argparse.Namespace, say: Messages) -> int:
     await run_daemon(AgentPaths(args.data_dir))
     return EXIT_OK
@@ -235,6 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_status)
     p = sub.add_parser("run", parents=[common], help="run the sync daemon")
     p.set_defaults(func=cmd_run)
+    p = sub.add_parser("rotate-key", parents=[common],
+                       help="replace this PC's signing key (registered with the server)")
+    p.set_defaults(func=cmd_rotate_key)
     p = sub.add_parser("verify", parents=[common], help="check every queue record")
     p.set_defaults(func=cmd_verify)
     return parser

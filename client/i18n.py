@@ -42,6 +42,11 @@ CATALOG: dict[str, tuple[str, str]] = {
     "reason_refused": ("máy chủ từ chối ({error})", "the server refused ({error})"),
     "reason_damaged": ("bản ghi số {seq} bị hỏng, không gửi được; chạy `sync-agent verify`",
                        "record seq {seq} is damaged and will not be sent; run `sync-agent verify`"),
+    "reason_revoked": ("máy trạm này đã bị thu hồi quyền đồng bộ; hãy liên hệ cán bộ CNTT của "
+                       "huyện/tỉnh để đăng ký lại",
+                       "this PC's access has been revoked; ask the district or province IT "
+                       "staff to enroll it again"),
+    "key_rotated": ("Đã thay khóa ký của máy trạm {agent}.", "Rotated the signing key of {agent}."),
     "reason_busy": ("một lần đồng bộ khác đang chạy", "another sync is running"),
     "setup": ("Lỗi cấu hình: {detail}", "Setup problem: {detail}"),
     "refused": ("Máy chủ từ chối: {detail}", "The server refused: {detail}"),

@@ -24,6 +24,7 @@ import os
 import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,14 @@ _MIGRATIONS: tuple[str, ...] = (
         sha256 TEXT PRIMARY KEY, size INTEGER NOT NULL,
         sent_offset INTEGER NOT NULL DEFAULT 0, complete INTEGER NOT NULL DEFAULT 0,
         added_seq INTEGER NOT NULL)
+    """,
+    """
+    CREATE TABLE ack_times (
+        epoch INTEGER NOT NULL, upto_seq INTEGER NOT NULL, server_time TEXT NOT NULL,
+        PRIMARY KEY (epoch, upto_seq)) WITHOUT ROWID
+    """,
+    """
+    ALTER TABLE documents ADD COLUMN erased INTEGER NOT NULL DEFAULT 0
     """,
 )
 
@@ -312,7 +321,8 @@ class Queue:
                 async for seq, nonce, ciphertext, chain in cursor:
                     if seq != expected:
                         raise QueueCorrupt(epoch, expected, "record missing")
-                    self._sealer.open(epoch, seq, prev, (nonce, ciphertext, chain))
+                    if ciphertext:  # erased by retention: its chain value still links
+                        self._sealer.open(epoch, seq, prev, (nonce, ciphertext, chain))
                     prev, expected, checked = chain, expected + 1, checked + 1
         return checked
 
@@ -327,18 +337,26 @@ class Queue:
             async for seq, nonce, ciphertext, chain in cursor:
                 if seq != expected:
                     raise QueueCorrupt(epoch, expected, "record missing")
-                out.append((seq, self._sealer.open(epoch, seq, prev, (nonce, ciphertext, chain))))
+                if ciphertext:  # erased records (retention) hold nothing to read
+                    out.append((seq, self._sealer.open(epoch, seq, prev,
+                                                       (nonce, ciphertext, chain))))
                 prev, expected = chain, expected + 1
         return out
 
     async def apply_ack(self, epoch: int, acked_seq: int, verdicts: Iterable[tuple[int, str, str]],
-                        when: str) -> None:
-        """Record the server's cumulative position (monotonic) and verdicts."""
+                        when: str, server_time: str | None = None) -> None:
+        """Record the server's cumulative position (monotonic) and verdicts;
+        ``server_time`` (the server's clock, from the signed ack) dates them
+        for retention."""
         await self._db.execute("BEGIN IMMEDIATE")
         try:
             await self._db.execute(
                 "UPDATE sync_state SET acked_seq = max(acked_seq, ?), last_success = ?, "
                 "last_error = NULL WHERE epoch = ?", (acked_seq, when, epoch))
+            if server_time is not None:
+                await self._db.execute(
+                    "INSERT INTO ack_times VALUES (?, ?, ?) ON CONFLICT (epoch, upto_seq) "
+                    "DO NOTHING", (epoch, acked_seq, server_time))
             await self._db.executemany(
                 "INSERT OR REPLACE INTO verdicts VALUES (?, ?, ?, ?)",
                 [(epoch, seq, code, message) for seq, code, message in verdicts])
@@ -346,6 +364,38 @@ class Queue:
         except BaseException:
             await self._db.execute("ROLLBACK")
             raise
+
+    async def erase_acknowledged(self, retention_days: float) -> int:
+        """Erase the plaintext (ciphertext and nonce) of records acknowledged more
+        than ``retention_days`` ago, by the server's clock; return how many.
+
+        Only records the server acknowledged are erased, and their chain values
+        stay, so ``verify`` still checks that nothing was removed or spliced.
+        """
+        rows = await self._db.execute_fetchall(
+            "SELECT epoch, upto_seq, server_time FROM ack_times ORDER BY epoch, upto_seq")
+        if not rows:
+            return 0
+        latest = max(datetime.fromisoformat(row[2]) for row in rows)
+        cutoff = latest - timedelta(days=retention_days)
+        limits: dict[int, int] = {}
+        for epoch, upto, stamp in rows:
+            if datetime.fromisoformat(stamp) <= cutoff:
+                limits[epoch] = max(limits.get(epoch, 0), upto)
+        erased = 0
+        for epoch, upto in limits.items():
+            cursor = await self._db.execute(
+                "UPDATE records SET ciphertext = X'', nonce = X'' "
+                "WHERE epoch = ? AND seq <= ? AND length(ciphertext) > 0", (epoch, upto))
+            erased += cursor.rowcount
+            await self._db.execute(
+                "UPDATE documents SET erased = 1 WHERE complete = 1 AND added_seq <= ?", (upto,))
+        return erased
+
+    async def erased_documents(self) -> list[str]:
+        """Documents past retention whose encrypted copy may be deleted."""
+        rows = await self._db.execute_fetchall("SELECT sha256 FROM documents WHERE erased = 1")
+        return [row[0] for row in rows]
 
     async def rewind(self, epoch: int, server_seq: int) -> None:
         """The server holds less than we thought (a gap): resend after ``server_seq``."""
@@ -368,7 +418,8 @@ class Queue:
         return int(count), int(left)
 
     async def all_documents(self) -> list[tuple[str, int]]:
-        async with self._db.execute("SELECT sha256, size FROM documents ORDER BY sha256") as cur:
+        async with self._db.execute("SELECT sha256, size FROM documents WHERE erased = 0 "
+                                    "ORDER BY sha256") as cur:
             return [(row[0], row[1]) for row in await cur.fetchall()]
 
     async def wake_token(self) -> int:

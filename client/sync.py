@@ -249,7 +249,7 @@ class SyncEngine:
             raise RefusedError("server_ahead", "the server holds more records than this queue")
         await self._queue.apply_ack(pending.epoch, ack.acked_seq,
                                     [(v.seq, v.code, v.message) for v in ack.verdicts],
-                                    local_now_iso())
+                                    local_now_iso(), ack.server_time)
         if self._progress is not None:
             self._progress(ack.acked_seq, max(before.last_seq, last_sent))
         if pending.damaged is not None and ack.acked_seq >= last_sent:
@@ -385,4 +385,10 @@ class SyncEngine:
         except AgentError as exc:
             await self._queue.record_error(str(exc))
             raise
+        erased = await self._queue.erase_acknowledged(self._config.retention_days)
+        if erased:
+            log.info("erased the plaintext of %d acknowledged records past retention", erased)
+        if self._documents is not None:
+            for sha256 in await self._queue.erased_documents():
+                self._documents.path(sha256).unlink(missing_ok=True)
         log.info("queue drained in %.1f s", self._clock() - started)
