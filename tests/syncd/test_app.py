@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -170,3 +171,78 @@ async def test_unknown_agent_and_foreign_signature_are_401(client: TestClient[An
                            BatchBody(1, 1, (created(1),)))
     assert status == 401
     assert await store.dossiers() == []
+
+
+async def test_a_batch_claiming_another_commune_or_agent_is_403(
+        client: TestClient[Any, Any], store: SqliteStore) -> None:
+    key = Ed25519PrivateKey.generate()
+    agent_id = decode_enroll_reply((await enroll(client, store, key))[1]).agent_id
+    keys: ServerKeys = client.server.app[KEYS]
+    body = encode_batch_body(BatchBody(1, 1, (created(1),)),
+                             SealTo(agent_id, "09999", keys.current_id, keys.sealing_public()))
+    env = sign_envelope(key, "batch", agent_id, body)
+    status, reply = await post(client, "/v1/batches", encode_envelope(env))
+    assert status == 403 and decode_error(reply).code == "forbidden"
+    body = encode_batch_body(BatchBody(1, 1, (created(1),)),
+                             SealTo("ag-someone", "01234", keys.current_id,
+                                    keys.sealing_public()))
+    env = sign_envelope(key, "batch", agent_id, body)
+    status, reply = await post(client, "/v1/batches", encode_envelope(env))
+    assert status == 403
+    assert await store.dossiers() == []
+
+
+async def test_sealed_compression_bomb_and_deep_msgpack_are_4xx(
+        client: TestClient[Any, Any], store: SqliteStore) -> None:
+    import zstandard
+
+    from protocol.sealing import batch_info, seal_payload
+
+    key = Ed25519PrivateKey.generate()
+    agent_id = decode_enroll_reply((await enroll(client, store, key))[1]).agent_id
+    keys: ServerKeys = client.server.app[KEYS]
+    bomb = zstandard.ZstdCompressor(level=3).compress(bytes(100 * 1024 * 1024))
+    sealed = seal_payload(bomb, keys.sealing_public(), batch_info(agent_id, 1, 1, 1))
+    body = pack({"v": 1, "kind": "batch", "agent": agent_id, "commune": "01234", "epoch": 1,
+                 "first_seq": 1, "count": 1, "codec": "zstd", "key_id": keys.current_id,
+                 "sealed": sealed, "agent_clock": None})
+    status, reply = await post(client, "/v1/batches",
+                               encode_envelope(sign_envelope(key, "batch", agent_id, body)))
+    assert status in (400, 413) and decode_error(reply).code == "too_large"
+    deep = b"\x91" * 5000 + b"\xc0"
+    status, reply = await post(client, "/v1/batches", deep)
+    assert status == 400
+    huge_map = b"\xdf\xff\xff\xff\xff"  # a map announcing 4 billion entries
+    status, reply = await post(client, "/v1/enroll", huge_map)
+    assert status == 400
+    assert await store.dossiers() == []
+
+
+async def test_rate_limit_and_slow_clients_get_their_own_4xx(tmp_path: Path) -> None:
+    store = await SqliteStore.open(tmp_path / "limits.db")
+    keys = ServerKeys.create(tmp_path)
+    config = ServerConfig(rate_limit_per_s=0.5, rate_limit_burst=2, body_timeout_s=0.5,
+                          min_client_bytes_per_s=1_000_000)
+    async with TestClient(TestServer(make_app(config, store, keys))) as client:
+        key = Ed25519PrivateKey.generate()
+        agent_id = decode_enroll_reply((await enroll(client, store, key))[1]).agent_id
+        statuses = []
+        for _ in range(4):
+            env = sign_envelope(key, "cursor", agent_id, encode_cursor_request(CursorRequest(1)))
+            resp = await client.post("/v1/cursor", data=encode_envelope(env))
+            statuses.append(resp.status)
+            if resp.status == 429:
+                assert float(resp.headers["Retry-After"]) >= 1
+            await resp.read()
+        assert statuses[:2] == [200, 200] and 429 in statuses[2:]
+
+        async def trickle():  # type: ignore[no-untyped-def]
+            yield b"\x95"
+            await asyncio.sleep(3)
+            yield b"\x01"
+
+        resp = await client.post("/v1/enroll", data=trickle(),
+                                 headers={"Content-Length": "200"})
+        assert resp.status == 408
+        await resp.read()
+    await store.close()
