@@ -48,6 +48,7 @@ from .config import AgentConfig, AgentPaths
 from .documents import DocumentStore
 from .errors import InputError, RefusedError, SetupError, TransportError
 from .files import read_secret, write_atomic
+from .keyfile import PASSPHRASE_ENV, read_queue_key, write_queue_key
 from .queue import Queue
 from .sync import SyncEngine, local_now_iso
 from .transport import HttpTransport, Reply
@@ -128,7 +129,7 @@ async def enroll(paths: AgentPaths, server_url: str, token: str, name: str | Non
             raise SetupError(f"cannot read CA file {ca_file}: {exc.strerror or exc}") from exc
     key = _load_or_create_key(paths.signing_key)
     if not paths.queue_key.exists():
-        write_atomic(paths.queue_key, os.urandom(32), mode=0o600)
+        write_queue_key(paths.queue_key, os.urandom(32), os.environ.get(PASSPHRASE_ENV))
     request = EnrollRequest(token, public_key_bytes(key), name, sign_enrollment(key, token))
     transport = HttpTransport(server_url, timeout_s=60,
                               ssl_context=_ssl_for(paths.root, ca_name, server_url))
@@ -141,7 +142,7 @@ async def enroll(paths: AgentPaths, server_url: str, token: str, name: str | Non
                          enrolled.counter_block, enrolled.name or name,
                          enrolled.server_key.hex(), enrolled.sealing_key_id,
                          enrolled.sealing_key.hex(), ca_file=ca_name)
-    queue = await Queue.open(paths.queue_db, read_secret(paths.queue_key, 32),
+    queue = await Queue.open(paths.queue_db, read_queue_key(paths.queue_key),
                              config.agent_id, create=True)
     await queue.close()
     config.save(paths)
@@ -162,7 +163,7 @@ class Agent:
     async def open(cls, paths: AgentPaths) -> Agent:
         config = AgentConfig.load(paths)
         key = Ed25519PrivateKey.from_private_bytes(read_secret(paths.signing_key, 32))
-        queue_key = read_secret(paths.queue_key, 32)
+        queue_key = read_queue_key(paths.queue_key)
         queue = await Queue.open(paths.queue_db, queue_key, config.agent_id)
         return cls(paths, config, key, queue,
                    DocumentStore(paths.documents, queue_key, config.agent_id))

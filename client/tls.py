@@ -166,7 +166,7 @@ def describe_tls_error(exc: BaseException) -> str:
     """
     err = _ssl_error(exc)
     if err is None:
-        return f"The connection to the server failed: {exc}."
+        return f"The connection to the server failed: {str(exc).rstrip('.') or type(exc).__name__}."
     if isinstance(err, ssl.SSLCertVerificationError):
         return _describe_verification(err, _host(exc))
     reason = str(getattr(err, "reason", None) or "").upper()

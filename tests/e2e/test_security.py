@@ -8,11 +8,12 @@ import os
 import shutil
 import socket
 import sqlite3
+import subprocess
 import threading
 from pathlib import Path
 
 from tests.support.dossiers import make_dossiers
-from tests.support.procs import Server, agent, agent_status, enroll_agent, syncd
+from tests.support.procs import AGENT, Server, agent, agent_status, syncd
 
 
 def _add(agent_dir: Path, count: int, seed: int, tmp_path: Path) -> list[dict]:
@@ -209,3 +210,25 @@ def test_agent_and_server_keys_rotate_without_losing_anything(
     agent("sync-now", "--data-dir", str(agent_dir), "--timeout", "30")
     assert len(server.dossiers()) == 9
     assert (server.data_dir / "sealing-1.key").exists()
+
+
+def test_a_passphrase_protects_the_queue_key(server: Server, tmp_path: Path) -> None:
+    env = dict(os.environ, SYNC_AGENT_PASSPHRASE="núi cao 2026")
+    agent_dir = tmp_path / "agent"
+    token = server.enroll("01234")
+    subprocess.run([AGENT, "init", "--data-dir", str(agent_dir), "--server", server.url,
+                    "--token", token], env=env, check=True, capture_output=True)
+    assert (agent_dir / "queue.key").stat().st_size != 32  # wrapped, not the raw key
+    [dossier] = make_dossiers(1, seed=11)
+    added = subprocess.run([AGENT, "add", "--data-dir", str(agent_dir), "-"], env=env,
+                           input=json.dumps(dossier), capture_output=True, text=True)
+    assert added.returncode == 0
+    without = agent("status", "--data-dir", str(agent_dir), check=False)
+    assert without.returncode == 1 and "SYNC_AGENT_PASSPHRASE" in without.stderr
+    wrong = subprocess.run([AGENT, "status", "--data-dir", str(agent_dir)], capture_output=True,
+                           text=True, env=dict(env, SYNC_AGENT_PASSPHRASE="sai"))
+    assert wrong.returncode == 1 and "wrong passphrase" in wrong.stderr
+    synced = subprocess.run([AGENT, "sync-now", "--data-dir", str(agent_dir)], env=env,
+                            capture_output=True, text=True)
+    assert synced.returncode == 0, synced.stderr
+    assert len(server.dossiers()) == 1
