@@ -51,6 +51,7 @@ from .files import read_secret, write_atomic
 from .keyfile import PASSPHRASE_ENV, read_queue_key, write_queue_key
 from .queue import Queue
 from .sync import SyncEngine, local_now_iso
+from .tls import read_ca_file
 from .transport import HttpTransport, Reply
 
 __all__ = ["Agent", "enroll"]
@@ -124,7 +125,7 @@ async def enroll(paths: AgentPaths, server_url: str, token: str, name: str | Non
     if ca_file is not None:
         ca_name = "ca.pem"
         try:
-            write_atomic(paths.root / ca_name, ca_file.read_bytes())
+            write_atomic(paths.root / ca_name, read_ca_file(ca_file).encode())
         except OSError as exc:
             raise SetupError(f"cannot read CA file {ca_file}: {exc.strerror or exc}") from exc
     key = _load_or_create_key(paths.signing_key)

@@ -150,8 +150,8 @@ def _describe_verification(err: ssl.SSLCertVerificationError, host: str | None) 
     if code in _UNTRUSTED:
         return ("The server's certificate is not signed by an authority this computer "
                 "trusts: if the province uses its own certificate authority, give its "
-                "certificate to `sync-agent init --ca-file`; otherwise the connection may "
-                "be intercepted.")
+                "certificate with `sync-agent init --ca-file` (kept as ca.pem in the data "
+                "directory); otherwise the connection may be intercepted.")
     detail = f" ({message})" if message else ""
     return f"The server's certificate could not be verified{detail}."
 

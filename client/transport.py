@@ -15,6 +15,7 @@ import aiohttp
 from protocol import MEDIA_TYPE
 
 from .errors import TransportError
+from .tls import describe_tls_error
 
 __all__ = ["HttpTransport", "Reply"]
 
@@ -74,6 +75,8 @@ class HttpTransport:
                              _retry_after(resp.headers.get("Retry-After")))
         except TimeoutError as exc:
             raise TransportError(f"no answer within {total:.0f} s", timeout=True) from exc
+        except aiohttp.ClientSSLError as exc:
+            raise TransportError(describe_tls_error(exc)) from exc
         except (aiohttp.ClientError, OSError) as exc:
             reset = isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError)
             raise TransportError(f"{exc.__class__.__name__}: {exc}", timeout=reset) from exc
