@@ -31,9 +31,12 @@ from aiohttp import ClientSession, web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from protocol import BatchBody, DossierCreated, encode_event, validate_dossier
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from protocol import BatchBody, DossierCreated, SealTo, encode_event, validate_dossier
+from protocol.batches import encode_batch_body
 from protocol.events import derive_dossier_id
-from protocol.messages import encode_batch_body
 from tests.support.dossiers import make_dossiers
 from tests.support.link import PROFILES, LinkProfile, ThreadedLink
 from tests.support.procs import Server, agent, agent_status, enroll_agent
@@ -165,13 +168,15 @@ def cpu_figures(count: int = 10_000) -> dict[int, float]:
         dossier["code"] = f"02647-261126-{seq % 10000:04d}"
         dossier["id"] = derive_dossier_id("ag-bench", 1, seq)
         records.append(dossier)
+    sealing = X25519PrivateKey.generate().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    seal = SealTo("ag-bench", "02647", 1, sealing)
     out = {}
     for level in (19, 12, 6):
         started = time.process_time()
         encoded = [encode_event(DossierCreated(d, derived_id=True)) for d in records]
         for first in range(0, count, 500):
             encode_batch_body(BatchBody(1, first + 1, tuple(encoded[first:first + 500])),
-                              level=level)
+                              seal, level=level)
         out[level] = time.process_time() - started
     return out
 
