@@ -85,6 +85,8 @@ def encode_batch_body(body: BatchBody, seal: SealTo, *, level: int = 9) -> bytes
         raise LocalProtocolError("epoch or seq out of range")
     if not 1 <= level <= 22:
         raise LocalProtocolError("zstd level must be between 1 and 22")
+    if not 0 <= seal.key_id <= _MAX_SEQ:
+        raise LocalProtocolError("sealing key id out of range")
     for record in body.records:
         try:  # each record must be exactly one object, or the server would split differently
             split_concatenated(record, 1, max_bytes=len(record))

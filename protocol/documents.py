@@ -102,6 +102,8 @@ def encode_doc_chunk(chunk: DocChunk, seal: SealTo) -> bytes:
     """Seal the chunk's bytes to the server (scans are personal data too)."""
     if not chunk.data or chunk.offset + len(chunk.data) > chunk.size:
         raise LocalProtocolError("a chunk must be non-empty and inside the document")
+    if not 0 <= seal.key_id < 2**63:
+        raise LocalProtocolError("sealing key id out of range")
     sealed = seal_payload(chunk.data, seal.public_key,
                           chunk_info(seal.agent_id, chunk.sha256, chunk.size, chunk.offset))
     return pack({"v": PROTOCOL_VERSION, "kind": "doc_chunk", "sha256": chunk.sha256,

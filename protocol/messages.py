@@ -185,6 +185,8 @@ def _sealing_key(obj: dict[str, Any]) -> tuple[int | None, bytes | None]:
     key = _get(obj, "sealing_key", bytes, optional=True)
     if (key_id is None) != (key is None) or (key is not None and len(key) != 32):
         raise DecodeError("malformed sealing key")
+    if key_id is not None and not 0 <= key_id <= _MAX_SEQ:
+        raise DecodeError("sealing key id out of range")
     return key_id, key
 
 

@@ -64,7 +64,10 @@ def seal_payload(payload: bytes, sealing_key: bytes, info: bytes) -> bytes:
         public = X25519PublicKey.from_public_bytes(sealing_key)
     except ValueError as exc:
         raise LocalProtocolError("the server's sealing key is not 32 bytes") from exc
-    return bytes(_SUITE.encrypt(payload, public, info=info))
+    try:
+        return bytes(_SUITE.encrypt(payload, public, info=info))
+    except ValueError as exc:  # a low-order point: no usable shared secret
+        raise LocalProtocolError("the server's sealing key is not usable") from exc
 
 
 def open_payload(sealed: bytes, key: X25519PrivateKey, info: bytes) -> bytes:

@@ -14,6 +14,7 @@ import secrets
 from datetime import UTC, datetime, timedelta
 
 from protocol import (
+    PROTOCOL_VERSION,
     EnrollReply,
     EnrollRequest,
     Envelope,
@@ -100,8 +101,11 @@ async def rotate_agent_key(store: SqliteStore, agent: AgentRow, env: Envelope) -
     ``proof`` shows possession of the new key.
     """
     obj = unpack(env.signed, max_bytes=1024)
-    new_key, proof = (obj.get("new_key"), obj.get("proof")) if isinstance(obj, dict) else (
-        None, None)
+    if not (isinstance(obj, dict) and set(obj) == {"v", "kind", "new_key", "proof"}
+            and obj["v"] == PROTOCOL_VERSION and type(obj["v"]) is int
+            and obj["kind"] == "rotate"):
+        raise RequestError(400, ErrorCode.MALFORMED, "malformed rotation request")
+    new_key, proof = obj["new_key"], obj["proof"]
     if not (isinstance(new_key, bytes) and len(new_key) == 32 and isinstance(proof, bytes)):
         raise RequestError(400, ErrorCode.MALFORMED, "malformed rotation request")
     try:
@@ -113,6 +117,8 @@ async def rotate_agent_key(store: SqliteStore, agent: AgentRow, env: Envelope) -
     except SignatureError as exc:
         raise RequestError(401, ErrorCode.BAD_SIGNATURE, "signature does not verify") from exc
     async with store.write() as txn:
+        if await txn.one("SELECT 1 FROM agents WHERE public_key = ?", new_key):
+            raise RequestError(409, ErrorCode.INVALID_TOKEN, "this key is already in use")
         await txn.run("UPDATE agents SET previous_key = public_key, public_key = ? "
                       "WHERE agent_id = ? AND public_key = ?", new_key, agent.agent_id,
                       agent.public_key)

@@ -9,9 +9,14 @@ What a peer relies on:
   bit of what it signs, or of its signature, has changed;
 * the decoder is strict (one object, no trailing bytes, no ext types, string
   keys only) and bounded (sizes, item counts, decompressed size);
-* a batch payload is exactly one zstd frame that declares its size and its
-  dictionary, holding exactly ``count`` concatenated records: a frame that
-  omits or exceeds its size is refused before anything is inflated.
+* a batch's payload is exactly one zstd frame that declares its size and its
+  dictionary, holding exactly ``count`` concatenated records, sealed (HPKE) to a
+  server key: it is opened with that key (``decode_sealed_batch`` then
+  ``open_batch``), and a frame that omits or exceeds its size is refused before
+  anything is inflated (a bomb has to be sealed properly to get that far);
+* document messages (status, sealed chunk, state) obey the same rules.
+
+Sealing itself, signed replies, the pin and rotation proofs: test_sealing.py.
 """
 
 from __future__ import annotations
@@ -30,10 +35,19 @@ import msgpack
 import pytest
 import zstandard
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from protocol import zstd_dictionaries
+from protocol.batches import (
+    BatchBody,
+    SealTo,
+    decode_sealed_batch,
+    encode_batch_body,
+    open_batch,
+)
 from protocol.codec import MAX_DEPTH, pack, split_concatenated, unpack
 from protocol.compression import (
     CURRENT_DICTIONARY_ID,
@@ -41,6 +55,19 @@ from protocol.compression import (
     compress,
     decompress,
     level_for_rate,
+)
+from protocol.documents import (
+    MAX_DOCUMENT_BYTES,
+    DocChunk,
+    DocState,
+    DocStatusRequest,
+    decode_doc_chunk,
+    decode_doc_state,
+    decode_doc_status,
+    encode_doc_chunk,
+    encode_doc_state,
+    encode_doc_status,
+    open_doc_chunk,
 )
 from protocol.errors import (
     DecodeError,
@@ -52,9 +79,9 @@ from protocol.errors import (
 )
 from protocol.events import decode_event, derive_dossier_id
 from protocol.messages import (
+    DEFAULT_LIMITS,
     PROTOCOL_VERSION,
     Ack,
-    BatchBody,
     CursorRequest,
     EnrollReply,
     EnrollRequest,
@@ -63,21 +90,29 @@ from protocol.messages import (
     Limits,
     Verdict,
     decode_ack,
-    decode_batch_body,
     decode_cursor_request,
     decode_enroll_reply,
     decode_enroll_request,
     decode_envelope,
     decode_error,
     encode_ack,
-    encode_batch_body,
     encode_cursor_request,
     encode_enroll_reply,
     encode_enroll_request,
     encode_envelope,
     encode_error,
 )
+from protocol.sealing import (
+    batch_info,
+    chunk_info,
+    fingerprint,
+    open_payload,
+    open_reply,
+    seal_payload,
+    seal_reply,
+)
 from protocol.signing import public_key_bytes, sign_envelope, verify_envelope
+from tests.protocol.test_sealing import rfc9180_seal
 
 MAX_SEQ = 2**63 - 1
 MSGPACK_INT = st.integers(min_value=-(2**63), max_value=2**64 - 1)
@@ -116,10 +151,87 @@ def batch_bodies(draw: st.DrawFn) -> BatchBody:
     return BatchBody(draw(st.integers(1, MAX_SEQ)), first_seq, recs, draw(opt_text))
 
 
+# The server's sealing keys by id, as syncd holds them (a batch names the one it is sealed to).
+SERVER_KEYS = {1: X25519PrivateKey.generate(), 2: X25519PrivateKey.generate()}
+SERVER_PUBLIC = {key_id: key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+                 for key_id, key in SERVER_KEYS.items()}
+SEAL = SealTo("agent-7f3a", "02809", 1, SERVER_PUBLIC[1])
+IDENTITY = Ed25519PrivateKey.from_private_bytes(bytes(range(100, 132)))
+IDENTITY_PUBLIC = public_key_bytes(IDENTITY)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """What a batch message carries: who sealed it to which server key, and its records."""
+
+    seal: SealTo
+    body: BatchBody
+
+
+def _server_key(key_id: int) -> X25519PrivateKey:
+    key = SERVER_KEYS.get(key_id)
+    if key is None:  # syncd answers this 400 unknown_key
+        raise DecodeError(f"no server sealing key {key_id}", code=ErrorCode.UNKNOWN_KEY)
+    return key
+
+
+def encode_batch(batch: Batch) -> bytes:
+    return encode_batch_body(batch.body, batch.seal)
+
+
+def decode_batch(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Batch:
+    """What the server does with a batch body: decode what it claims, then open it."""
+    sealed = decode_sealed_batch(data, limits)
+    body = open_batch(sealed, _server_key(sealed.key_id), limits)
+    return Batch(SealTo(sealed.agent_id, sealed.commune_code, sealed.key_id,
+                        SERVER_PUBLIC[sealed.key_id]), body)
+
+
+def open_batch_bytes(data: bytes, limits: Limits = DEFAULT_LIMITS) -> BatchBody:
+    return decode_batch(data, limits).body
+
+
+def _batch_fields(frame: bytes = b"", count: int = 1, first_seq: int = 1,
+                  **changes: Any) -> dict[str, Any]:
+    """The map of a batch of epoch 1 from SEAL's agent whose sealed payload is ``frame``
+    (any bytes, sealed properly to server key 1), then ``changes`` applied."""
+    info = batch_info(SEAL.agent_id, 1, first_seq, count)
+    return {"v": PROTOCOL_VERSION, "kind": "batch", "agent": SEAL.agent_id,
+            "commune": SEAL.commune_code, "epoch": 1, "first_seq": first_seq, "count": count,
+            "codec": "zstd", "key_id": 1, "sealed": seal_payload(frame, SERVER_PUBLIC[1], info),
+            "agent_clock": None, **changes}
+
+
+def _batch_with_payload(payload: bytes, count: int = 1, first_seq: int = 1) -> bytes:
+    """A batch whose (properly sealed) frame is ``payload``: what a faulty or hostile
+    enrolled agent could send. A bomb has to get this far to reach the decompressor."""
+    return pack(_batch_fields(payload, count, first_seq))
+
+
+def encode_chunk(chunk: DocChunk) -> bytes:
+    return encode_doc_chunk(chunk, SEAL)
+
+
+def decode_chunk(data: bytes, limits: Limits = DEFAULT_LIMITS) -> DocChunk:
+    """A chunk from agent SEAL.agent_id (the server knows the sender from the envelope)."""
+    sealed = decode_doc_chunk(data, limits)
+    return open_doc_chunk(sealed, _server_key(sealed.key_id), SEAL.agent_id)
+
+
+seals = st.builds(lambda agent, commune, key_id: SealTo(agent, commune, key_id,
+                                                        SERVER_PUBLIC[key_id]),
+                  short_text, short_text, st.sampled_from(sorted(SERVER_KEYS)))
+batches = st.builds(Batch, seals, batch_bodies())
 verdicts = st.builds(Verdict, MSGPACK_INT, short_text, short_text)
+key_ids = st.integers(0, MAX_SEQ)
+keys32 = st.binary(min_size=32, max_size=32)
+sealing_keys = st.tuples(st.none(), st.none()) | st.tuples(key_ids, keys32)
 acks = st.builds(
-    Ack, short_text, st.integers(1, MAX_SEQ), st.integers(0, MAX_SEQ),
+    lambda agent, epoch, acked, vs, digest, time, sealing: Ack(agent, epoch, acked, vs, digest,
+                                                               time, *sealing),
+    short_text, st.integers(1, MAX_SEQ), st.integers(0, MAX_SEQ),
     st.lists(verdicts, max_size=4).map(tuple), st.none() | st.binary(max_size=40), opt_text,
+    sealing_keys,
 )
 error_replies = st.builds(ErrorReply, short_text, st.text(max_size=80),
                           st.none() | MSGPACK_INT, st.none() | MSGPACK_INT)
@@ -129,9 +241,26 @@ enroll_requests = st.builds(
     st.none() | st.text(max_size=200), st.binary(min_size=64, max_size=64),
 )
 enroll_replies = st.builds(EnrollReply, st.text(max_size=64), st.text(max_size=16),
-                           st.none() | st.text(max_size=200), st.integers(0, 9))
+                           st.none() | st.text(max_size=200), st.integers(0, 9), keys32,
+                           key_ids, keys32)
 envelopes = st.builds(Envelope, short_text, st.text(min_size=1, max_size=64),
                       st.binary(max_size=300), st.binary(min_size=64, max_size=64))
+sha256s = st.text("0123456789abcdef", min_size=64, max_size=64)
+doc_sizes = st.integers(0, MAX_DOCUMENT_BYTES)
+doc_statuses = st.builds(DocStatusRequest, sha256s, doc_sizes)
+
+
+@st.composite
+def doc_states(draw: st.DrawFn) -> DocState:
+    size = draw(doc_sizes)
+    return DocState(draw(sha256s), size, draw(st.integers(0, size)), draw(st.booleans()))
+
+
+@st.composite
+def doc_chunks(draw: st.DrawFn) -> DocChunk:
+    data = draw(st.binary(min_size=1, max_size=300))
+    size = draw(st.integers(len(data), MAX_DOCUMENT_BYTES))
+    return DocChunk(draw(sha256s), size, draw(st.integers(0, size - len(data))), data)
 
 
 @dataclass(frozen=True)
@@ -146,28 +275,45 @@ class Codec:
         return self.name
 
 
+def _with_limits(decode: Callable[[bytes, Limits], Any]) -> Callable[..., Any]:
+    """Document decoders take their limits positionally; give them the default."""
+    return lambda data, limits=DEFAULT_LIMITS: decode(data, limits)
+
+
 CODECS = [
-    Codec("batch", "batch", batch_bodies(), encode_batch_body, decode_batch_body),
+    Codec("batch", "batch", batches, encode_batch, decode_batch),
     Codec("ack", "ack", acks, encode_ack, decode_ack),
     Codec("error", "error", error_replies, encode_error, decode_error),
     Codec("cursor", "cursor", cursor_requests, encode_cursor_request, decode_cursor_request),
     Codec("enroll", "enroll", enroll_requests, encode_enroll_request, decode_enroll_request),
     Codec("enrolled", "enrolled", enroll_replies, encode_enroll_reply, decode_enroll_reply),
     Codec("envelope", "envelope", envelopes, encode_envelope, decode_envelope),
+    Codec("doc_status", "doc_status", doc_statuses, encode_doc_status,
+          _with_limits(decode_doc_status)),
+    Codec("doc_chunk", "doc_chunk", doc_chunks(), encode_chunk, decode_chunk),
+    Codec("doc_state", "doc_state", doc_states(), encode_doc_state,
+          _with_limits(decode_doc_state)),
 ]
 by_codec = pytest.mark.parametrize("codec", CODECS, ids=str)
 
+EXAMPLE_BODY = BatchBody(3, 41, (b"\x81\xa1t\xa6status", pack(["record", 2]), b"\xc0"),
+                         "2026-11-26T09:30:00+07:00")
+EXAMPLE_SHA256 = hashlib.sha256(b"scan of a birth certificate").hexdigest()
 # One fixed, valid example of each message (for the non-property tests).
 EXAMPLES: dict[str, Any] = {
-    "batch": BatchBody(3, 41, (b"\x81\xa1t\xa6status", pack(["record", 2]), b"\xc0"),
-                       "2026-11-26T09:30:00+07:00"),
+    "batch": Batch(SEAL, EXAMPLE_BODY),
     "ack": Ack("agent-7f3a", 3, 43, (Verdict(42, "invalid_record", "Thiếu họ tên"),),
-               b"\x11" * 32, "2026-11-26T02:30:01.120+00:00"),
+               b"\x11" * 32, "2026-11-26T02:30:01.120+00:00", 2, SERVER_PUBLIC[2]),
     "error": ErrorReply("gap", "batch starts at 50; server holds up to 43", 3, 43),
     "cursor": CursorRequest(3, "2026-11-26T09:30:00+07:00"),
-    "enroll": EnrollRequest("cs1.8d1eQm2x", b"\x01" * 32, "Máy một cửa xã Bản Hồ", b"\x02" * 64),
-    "enrolled": EnrollReply("agent-7f3a", "02809", "Máy một cửa xã Bản Hồ", 4),
+    "enroll": EnrollRequest("cs1.xlqgtznxg4zbmdk3.8d1eQm2xEXAMPLE0EXAMPLE1EXAMPLE2", b"\x01" * 32,
+                            "Máy một cửa xã Bản Hồ", b"\x02" * 64),
+    "enrolled": EnrollReply("agent-7f3a", "02809", "Máy một cửa xã Bản Hồ", 4, IDENTITY_PUBLIC,
+                            1, SERVER_PUBLIC[1]),
     "envelope": Envelope("batch", "agent-7f3a", b"\x81\xa1v\x01", b"\x03" * 64),
+    "doc_status": DocStatusRequest(EXAMPLE_SHA256, 27),
+    "doc_chunk": DocChunk(EXAMPLE_SHA256, 27, 4, b"of a birth"),
+    "doc_state": DocState(EXAMPLE_SHA256, 27, 14, False),
 }
 
 
@@ -178,12 +324,18 @@ def _codec(name: str) -> Codec:
 # -- valid messages with damaged fields -----------------------------------------------------
 
 FIELDS = {
-    "batch": ["epoch", "first_seq", "count", "codec", "payload", "agent_clock"],
-    "ack": ["agent", "epoch", "acked_seq", "verdicts", "batch", "server_time"],
+    "batch": ["agent", "commune", "epoch", "first_seq", "count", "codec", "key_id", "sealed",
+              "agent_clock"],
+    "ack": ["agent", "epoch", "acked_seq", "verdicts", "batch", "server_time", "sealing_key_id",
+            "sealing_key"],
     "error": ["code", "message", "epoch", "acked_seq"],
     "cursor": ["epoch", "agent_clock"],
     "enroll": ["token", "public_key", "name", "proof"],
-    "enrolled": ["agent", "commune_code", "name", "counter_block"],
+    "enrolled": ["agent", "commune_code", "name", "counter_block", "server_key",
+                 "sealing_key_id", "sealing_key"],
+    "doc_status": ["sha256", "size"],
+    "doc_chunk": ["sha256", "size", "offset", "key_id", "sealed"],
+    "doc_state": ["sha256", "size", "offset", "complete"],
 }
 # Values that are often *almost* right, so fuzzing reaches past the first check.
 near_values = (
@@ -197,6 +349,14 @@ near_values = (
         lambda rs: compress(b"".join(rs), level=1, dict_id=0))
     | plain.map(lambda v: compress(pack(v)))
     | plain.map(lambda v: zlib.compress(pack([pack(v)]), 9))  # the former codec's payload
+    | st.sampled_from([SEAL.agent_id, SEAL.commune_code]) | sha256s
+    # Sealed payloads: properly sealed frames of records, for small batch contexts.
+    | st.builds(lambda rs, agent, epoch, first: seal_payload(
+        compress(b"".join(rs)), SERVER_PUBLIC[1], batch_info(agent, epoch, first, len(rs))),
+        st.lists(records, min_size=1, max_size=3), st.sampled_from([SEAL.agent_id, ""]),
+        st.integers(1, 3), st.integers(1, 3))
+    | st.builds(lambda data, offset: seal_payload(data, SERVER_PUBLIC[1], chunk_info(
+        SEAL.agent_id, EXAMPLE_SHA256, 27, offset)), st.binary(max_size=30), st.integers(0, 27))
 )
 
 
@@ -259,7 +419,7 @@ def test_round_trip_of_a_realistic_example(codec: Codec) -> None:
 
 
 def test_batch_body_properties_survive_round_trip() -> None:
-    body = decode_batch_body(encode_batch_body(EXAMPLES["batch"]))
+    body = open_batch_bytes(encode_batch(EXAMPLES["batch"]))
     assert (body.first_seq, body.last_seq) == (41, 43)
     assert body.records[2] == b"\xc0"  # a one-byte record keeps its bytes
 
@@ -268,16 +428,28 @@ def test_batch_body_properties_survive_round_trip() -> None:
 @given(body=batch_bodies(), level=st.integers(1, 22))
 def test_batch_round_trips_at_every_level_the_sender_may_choose(body: BatchBody,
                                                                 level: int) -> None:
-    assert decode_batch_body(encode_batch_body(body, level=level)) == body
+    assert open_batch_bytes(encode_batch_body(body, SEAL, level=level)) == body
+
+
+def _payload_of(encoded: bytes) -> bytes:
+    """The zstd frame sealed inside an encoded batch (opened with the server's key)."""
+    fields = msgpack.unpackb(encoded, raw=False)
+    info = batch_info(fields["agent"], fields["epoch"], fields["first_seq"], fields["count"])
+    return open_payload(fields["sealed"], SERVER_KEYS[fields["key_id"]], info)
 
 
 @PROPS
 @given(recs=st.lists(records, min_size=1, max_size=20))
-def test_batch_payload_is_one_frame_of_the_concatenated_records(recs: list[bytes]) -> None:
+def test_batch_payload_is_one_sealed_frame_of_the_concatenated_records(recs: list[bytes]) -> None:
     body = BatchBody(1, 1, tuple(recs))
-    fields = msgpack.unpackb(encode_batch_body(body), raw=False)
+    encoded = encode_batch_body(body, SEAL)
+    fields = msgpack.unpackb(encoded, raw=False)
+    assert list(fields) == ["v", "kind", "agent", "commune", "epoch", "first_seq", "count",
+                            "codec", "key_id", "sealed", "agent_clock"]
+    assert (fields["agent"], fields["commune"], fields["key_id"]) == ("agent-7f3a", "02809", 1)
     assert (fields["codec"], fields["count"]) == ("zstd", len(recs))
-    payload = fields["payload"]
+    payload = _payload_of(encoded)
+    assert len(fields["sealed"]) == 32 + len(payload) + 16  # enc, ciphertext, tag
     assert payload.startswith(ZSTD_MAGIC)
     params = zstandard.get_frame_parameters(payload)
     assert params.content_size == sum(map(len, recs))  # declared, and no framing added
@@ -295,12 +467,18 @@ def test_batch_payload_is_one_frame_of_the_concatenated_records(recs: list[bytes
 ], ids=["empty", "epoch-0", "seq-0", "epoch-2^63", "last-seq-2^63"])
 def test_encoder_refuses_batches_the_protocol_forbids(body: BatchBody) -> None:
     with pytest.raises(LocalProtocolError):
-        encode_batch_body(body)
+        encode_batch_body(body, SEAL)
+
+
+@pytest.mark.parametrize("level", [0, 23, -1])
+def test_encoder_refuses_levels_zstd_does_not_have(level: int) -> None:
+    with pytest.raises(LocalProtocolError):
+        encode_batch_body(EXAMPLE_BODY, SEAL, level=level)
 
 
 def test_last_seq_at_the_maximum_is_allowed() -> None:
     body = BatchBody(MAX_SEQ, MAX_SEQ - 1, (b"\xc0", b"\xc0"))
-    assert decode_batch_body(encode_batch_body(body)) == body
+    assert open_batch_bytes(encode_batch_body(body, SEAL)) == body
 
 
 @pytest.mark.parametrize("recs", [
@@ -313,18 +491,20 @@ def test_last_seq_at_the_maximum_is_allowed() -> None:
 def test_encoder_never_builds_a_batch_that_decodes_differently(recs: tuple[bytes, ...]) -> None:
     body = BatchBody(1, 1, recs)
     try:
-        encoded = encode_batch_body(body)
+        encoded = encode_batch_body(body, SEAL)
     except LocalProtocolError:
         return  # refusing to encode is fine
-    assert decode_batch_body(encoded) == body
+    assert open_batch_bytes(encoded) == body
 
 
 def test_reference_enrollment_tokens_fit_the_enroll_request() -> None:
-    """syncd makes tokens as "cs1." + secrets.token_urlsafe(24): 36 characters (SPEC.md §8)."""
+    """syncd makes tokens as "cs1." + the fingerprint of its identity key + "." +
+    secrets.token_urlsafe(24): 53 characters (SPEC.md §8.1)."""
     import secrets
 
-    token = "cs1." + secrets.token_urlsafe(24)
-    assert len(token) == 36 and not token.startswith("-")
+    token = f"cs1.{fingerprint(IDENTITY_PUBLIC)}.{secrets.token_urlsafe(24)}"
+    assert len(token) == 53 and not token.startswith("-")
+    assert token.split(".")[1] == fingerprint(IDENTITY_PUBLIC)
     request = EnrollRequest(token, b"\x01" * 32, None, b"\x02" * 64)
     assert decode_enroll_request(encode_enroll_request(request)) == request
 
@@ -356,6 +536,10 @@ ALL_DECODERS: list[tuple[str, Callable[[bytes], Any], tuple[type[ProtocolError],
     ("decompress-after-magic", lambda b: decompress(ZSTD_MAGIC + b, max_bytes=4096),
      (DecodeError,)),
     ("split_concatenated", lambda b: split_concatenated(b, 3, max_bytes=4096), (DecodeError,)),
+    ("decode_sealed_batch", decode_sealed_batch, (DecodeError,)),
+    ("decode_doc_chunk", lambda b: decode_doc_chunk(b, DEFAULT_LIMITS), (DecodeError,)),
+    ("open_payload", lambda b: open_payload(b, SERVER_KEYS[1], b"info"), (DecodeError,)),
+    ("open_reply", lambda b: open_reply(b, IDENTITY_PUBLIC), (DecodeError, SignatureError)),
 ]
 by_decoder = pytest.mark.parametrize("name,decode,allowed", ALL_DECODERS,
                                      ids=[d[0] for d in ALL_DECODERS])
@@ -424,7 +608,7 @@ def test_damaged_payload_frames_raise_only_decode_error(damaged: tuple[bytes, in
     frame, count = damaged
     out = _decodes_or_raises(lambda b: decompress(b, max_bytes=4096), frame)
     assert out is None or len(out) <= 4096
-    body = _decodes_or_raises(decode_batch_body, _batch_with_payload(frame, count))
+    body = _decodes_or_raises(open_batch_bytes, _batch_with_payload(frame, count))
     assert body is None or len(body.records) == count
 
 
@@ -447,13 +631,14 @@ def test_every_truncation_of_an_example_is_refused(codec: Codec) -> None:
 
 
 def test_every_truncation_of_a_payload_frame_is_refused() -> None:
-    body = EXAMPLES["batch"]
-    payload = msgpack.unpackb(encode_batch_body(body), raw=False)["payload"]
+    """Even sealed properly (by an agent with a broken encoder), a cut frame is refused."""
+    body = EXAMPLE_BODY
+    payload = _payload_of(encode_batch(EXAMPLES["batch"]))
     for cut in range(len(payload)):
         with pytest.raises(DecodeError):
             decompress(payload[:cut], max_bytes=4096)
         with pytest.raises(DecodeError):
-            decode_batch_body(_batch_with_payload(payload[:cut], len(body.records)))
+            open_batch_bytes(_batch_with_payload(payload[:cut], len(body.records)))
 
 
 def _flip(data: bytes, bit: int) -> bytes:
@@ -472,26 +657,12 @@ def _frame_header_size(frame: bytes) -> int:
     return 5 + (1 - single_segment) + dict_id_bytes + content_size_bytes
 
 
-def _flip_may_leave_the_payload_unchanged(encoded: bytes, bit: int) -> bool:
-    """Whether ``bit`` of an encoded batch may be flipped without changing its records.
-
-    A decoder ignores the frame descriptor's unused bit (RFC 8878 §3.1.1.1.1.4),
-    and the frame carries no checksum, so a few flips inside compressed blocks
-    still decode to the same bytes (the envelope signature covers them). Every
-    other header bit (magic, flags, dictionary id, content size) is checked.
-    """
-    payload = msgpack.unpackb(encoded, raw=False)["payload"]
-    offset = bit // 8 - encoded.index(payload)
-    if offset == 4 and bit % 8 == 4:
-        return True
-    return _frame_header_size(payload) <= offset < len(payload)
-
-
 def _refused_or_changed(codec: Codec, value: Any, encoded: bytes, bit: int) -> None:
+    """No exception for batches any more: their frame is sealed, so even a flip the zstd
+    decoder would ignore (the descriptor's unused bit, a bit inside a block that still
+    decodes the same) breaks the AEAD tag."""
     decoded = _decodes_or_raises(codec.decode, _flip(encoded, bit))
-    if decoded == value:
-        assert codec.name == "batch" and _flip_may_leave_the_payload_unchanged(encoded, bit), (
-            f"bit {bit} flipped and the message decoded unchanged")
+    assert decoded != value, f"bit {bit} flipped and the message decoded unchanged"
 
 
 @by_codec
@@ -515,15 +686,18 @@ def test_every_bit_flip_of_an_example_is_refused_or_changes_it(codec: Codec) -> 
 
 
 def test_every_bit_flip_of_a_frame_header_except_the_unused_bit_is_refused() -> None:
-    body = EXAMPLES["batch"]
-    payload = msgpack.unpackb(encode_batch_body(body), raw=False)["payload"]
+    """What the seal protects against on the wire, the frame decoder still checks for a
+    frame sealed properly by a faulty agent; only the unused bit passes (and not sealed:
+    see test_every_bit_flip_of_an_example_is_refused_or_changes_it)."""
+    body = EXAMPLE_BODY
+    payload = _payload_of(encode_batch(EXAMPLES["batch"]))
     header = _frame_header_size(payload)
     assert header == 4 + 1 + 2 + 1  # magic, descriptor, 2-byte dictionary id, 1-byte size
     for bit in range(header * 8):
         if bit == 4 * 8 + 4:
             assert decompress(_flip(payload, bit), max_bytes=4096) == b"".join(body.records)
             continue
-        decoded = _decodes_or_raises(decode_batch_body,
+        decoded = _decodes_or_raises(open_batch_bytes,
                                      _batch_with_payload(_flip(payload, bit), 3))
         assert decoded is None, f"header bit {bit} flipped and the batch still decoded"
 
@@ -545,7 +719,7 @@ OTHER_PUBLIC = public_key_bytes(Ed25519PrivateKey.from_private_bytes(bytes(range
 
 
 def test_signed_envelope_verifies_after_round_trip() -> None:
-    env = sign_envelope(KEY, "batch", "agent-7f3a", encode_batch_body(EXAMPLES["batch"]))
+    env = sign_envelope(KEY, "batch", "agent-7f3a", encode_batch(EXAMPLES["batch"]))
     decoded = decode_envelope(encode_envelope(env))
     assert decoded == env
     verify_envelope(decoded, PUBLIC)  # does not raise
@@ -649,15 +823,18 @@ TIMESTAMP = msgpack.Timestamp(1_764_123_000, 0)
     (decode_ack, msgpack.packb({"v": 1, "kind": "ack", "agent": "a", "epoch": 1, "acked_seq": 0,
                                 "verdicts": [], "batch": None, "server_time": TIMESTAMP})),
     (decode_envelope, msgpack.packb([1, "batch", "a", msgpack.ExtType(1, b"x"), b"s" * 64])),
-    (decode_batch_body, msgpack.packb({"v": 1, "kind": "batch", "epoch": 1, "first_seq": 1,
-                                       "count": 1, "codec": "zstd", "agent_clock": TIMESTAMP,
-                                       "payload": compress(b"\xc0")})),
+    (decode_batch, msgpack.packb(_batch_fields(compress(b"\xc0"), agent_clock=TIMESTAMP))),
+    (decode_sealed_batch, msgpack.packb(_batch_fields(compress(b"\xc0"),
+                                                      agent_clock=TIMESTAMP))),
+    (decode_doc_chunk, msgpack.packb({**msgpack.unpackb(encode_chunk(DocChunk(
+        EXAMPLE_SHA256, 27, 0, b"x"))), "key_id": msgpack.ExtType(1, b"\x01")})),
     (decode_event, msgpack.packb({"t": "status", "id": "0b7f1f0e-3a51-4f5e-9c57-1b1f0e3a514f",
                                   "status": "finished", "at": TIMESTAMP})),
-], ids=["cursor", "ack", "envelope", "batch-clock", "event"])
-def test_ext_types_inside_messages_are_refused(decode: Callable[[bytes], Any], raw: bytes) -> None:
+], ids=["cursor", "ack", "envelope", "batch-clock", "sealed-batch-clock", "chunk-key-id",
+        "event"])
+def test_ext_types_inside_messages_are_refused(decode: Callable[..., Any], raw: bytes) -> None:
     with pytest.raises(DecodeError):
-        decode(raw)
+        decode(raw, DEFAULT_LIMITS) if decode is decode_doc_chunk else decode(raw)
 
 
 NON_STRICT_RECORDS = {
@@ -677,7 +854,7 @@ def test_batch_carries_records_as_opaque_bytes_and_decode_event_refuses_bad_ones
     """The batch finds record boundaries only; each record's strictness is checked when
     it is decoded, so one bad record is quarantined on its own, not the whole batch."""
     body = BatchBody(1, 1, (b"\xc0", record, b"\x01"))
-    decoded = decode_batch_body(encode_batch_body(body))
+    decoded = open_batch_bytes(encode_batch_body(body, SEAL))
     assert decoded == body
     with pytest.raises(DecodeError):
         decode_event(decoded.records[1])
@@ -782,28 +959,83 @@ FIELD_LIMITS = {
         EnrollRequest("tok", b"k" * 32, None, b"p" * 63))),
     "enroll-name-201": (decode_enroll_request, encode_enroll_request(
         EnrollRequest("tok", b"k" * 32, "n" * 201, b"p" * 64))),
-    "enrolled-block-10": (decode_enroll_reply, encode_enroll_reply(
-        EnrollReply("agent", "02809", None, 10))),
     "cursor-epoch-0": (decode_cursor_request, encode_cursor_request(CursorRequest(0))),
     "cursor-epoch-2^63": (decode_cursor_request, encode_cursor_request(CursorRequest(2**63))),
     "ack-acked-seq-negative": (decode_ack, encode_ack(Ack("agent", 1, -1))),
     "ack-verdict-not-triple": (decode_ack, pack({"v": 1, "kind": "ack", "agent": "a", "epoch": 1,
                                                  "acked_seq": 0, "verdicts": [[1, "x"]]})),
-    "batch-codec-zlib": (decode_batch_body, pack({  # the former codec is gone
-        "v": 1, "kind": "batch", "epoch": 1, "first_seq": 1, "count": 1, "codec": "zlib",
-        "payload": zlib.compress(pack([b"\xc0"]), 9)})),
-    "batch-codec-zlib-zstd-payload": (decode_batch_body, pack({
-        "v": 1, "kind": "batch", "epoch": 1, "first_seq": 1, "count": 1, "codec": "zlib",
-        "payload": compress(b"\xc0")})),
-    "batch-codec-zstd-zlib-payload": (decode_batch_body, pack({
+    "ack-sealing-key-31": (decode_ack, encode_ack(Ack("a", 1, 0, (), None, None, 1, b"k" * 31))),
+    "ack-sealing-key-33": (decode_ack, encode_ack(Ack("a", 1, 0, (), None, None, 1, b"k" * 33))),
+    "ack-sealing-key-without-id": (decode_ack, encode_ack(
+        Ack("a", 1, 0, (), None, None, None, b"k" * 32))),
+    "ack-sealing-id-without-key": (decode_ack, encode_ack(Ack("a", 1, 0, (), None, None, 1))),
+    "ack-sealing-id-bool": (decode_ack, encode_ack(
+        Ack("a", 1, 0, (), None, None, True, b"k" * 32))),
+    "ack-sealing-key-str": (decode_ack, pack({
+        "v": 1, "kind": "ack", "agent": "a", "epoch": 1, "acked_seq": 0, "verdicts": [],
+        "sealing_key_id": 1, "sealing_key": "k" * 32})),
+    "enrolled-block-10": (decode_enroll_reply, encode_enroll_reply(
+        EnrollReply("agent", "02809", None, 10, b"i" * 32, 1, b"k" * 32))),
+    "enrolled-server-key-31": (decode_enroll_reply, encode_enroll_reply(
+        EnrollReply("agent", "02809", None, 0, b"i" * 31, 1, b"k" * 32))),
+    "enrolled-server-key-missing": (decode_enroll_reply, encode_enroll_reply(
+        EnrollReply("agent", "02809", None, 0, None, 1, b"k" * 32))),
+    "enrolled-sealing-key-33": (decode_enroll_reply, encode_enroll_reply(
+        EnrollReply("agent", "02809", None, 0, b"i" * 32, 1, b"k" * 33))),
+    "enrolled-sealing-key-missing": (decode_enroll_reply, encode_enroll_reply(
+        EnrollReply("agent", "02809", None, 0, b"i" * 32, None, None))),
+    "enrolled-sealing-id-missing": (decode_enroll_reply, encode_enroll_reply(
+        EnrollReply("agent", "02809", None, 0, b"i" * 32, None, b"k" * 32))),
+    "batch-former-layout": (decode_sealed_batch, pack({  # v1 before sealing: "payload"
         "v": 1, "kind": "batch", "epoch": 1, "first_seq": 1, "count": 1, "codec": "zstd",
-        "payload": zlib.compress(b"\xc0", 9)})),
-    "batch-codec-missing": (decode_batch_body, pack({
-        "v": 1, "kind": "batch", "epoch": 1, "first_seq": 1, "count": 1,
-        "payload": compress(b"\xc0")})),
-    "batch-payload-str": (decode_batch_body, pack({
-        "v": 1, "kind": "batch", "epoch": 1, "first_seq": 1, "count": 1, "codec": "zstd",
-        "payload": "\xc0"})),
+        "payload": compress(b"\xc0"), "agent_clock": None})),
+    "batch-payload-beside-sealed": (decode_sealed_batch, pack(
+        _batch_fields(compress(b"\xc0"), payload=compress(b"\xc0")))),
+    "batch-codec-zlib": (decode_sealed_batch, pack(_batch_fields(  # the former codec is gone
+        zlib.compress(pack([b"\xc0"]), 9), codec="zlib"))),
+    "batch-codec-zlib-zstd-payload": (decode_sealed_batch, pack(_batch_fields(
+        compress(b"\xc0"), codec="zlib"))),
+    "batch-codec-zstd-zlib-payload": (decode_batch, pack(_batch_fields(
+        zlib.compress(b"\xc0", 9)))),
+    "batch-codec-missing": (decode_sealed_batch, pack(
+        {k: v for k, v in _batch_fields(compress(b"\xc0")).items() if k != "codec"})),
+    "batch-sealed-str": (decode_sealed_batch, pack(_batch_fields(sealed="\xc0"))),
+    "batch-sealed-missing": (decode_sealed_batch, pack(
+        {k: v for k, v in _batch_fields(compress(b"\xc0")).items() if k != "sealed"})),
+    "batch-sealed-unsealed-frame": (decode_batch, pack(_batch_fields(
+        sealed=compress(b"\xc0")))),  # a frame not sealed at all
+    "batch-key-id-negative": (decode_sealed_batch, pack(_batch_fields(compress(b"\xc0"),
+                                                                      key_id=-1))),
+    "batch-key-id-2^63": (decode_sealed_batch, pack(_batch_fields(compress(b"\xc0"),
+                                                                  key_id=2**63))),
+    "batch-key-id-bool": (decode_sealed_batch, pack(_batch_fields(compress(b"\xc0"),
+                                                                  key_id=True))),
+    "batch-key-id-missing": (decode_sealed_batch, pack(
+        {k: v for k, v in _batch_fields(compress(b"\xc0")).items() if k != "key_id"})),
+    "batch-key-id-unknown": (decode_batch, pack(_batch_fields(compress(b"\xc0"), key_id=3))),
+    "batch-agent-missing": (decode_sealed_batch, pack(
+        {k: v for k, v in _batch_fields(compress(b"\xc0")).items() if k != "agent"})),
+    "batch-agent-bin": (decode_sealed_batch, pack(_batch_fields(compress(b"\xc0"),
+                                                                agent=b"agent-7f3a"))),
+    "batch-commune-int": (decode_sealed_batch, pack(_batch_fields(compress(b"\xc0"),
+                                                                  commune=2809))),
+    "batch-commune-missing": (decode_sealed_batch, pack(
+        {k: v for k, v in _batch_fields(compress(b"\xc0")).items() if k != "commune"})),
+    "chunk-data-instead-of-sealed": (decode_chunk, pack({  # the chunk before sealing
+        "v": 1, "kind": "doc_chunk", "sha256": EXAMPLE_SHA256, "size": 27, "offset": 0,
+        "data": b"x"})),
+    "chunk-key-id-negative": (decode_chunk, pack({
+        **msgpack.unpackb(encode_chunk(DocChunk(EXAMPLE_SHA256, 27, 0, b"x"))), "key_id": -1})),
+    "chunk-size-beyond-200MiB": (decode_chunk, pack({
+        **msgpack.unpackb(encode_chunk(DocChunk(EXAMPLE_SHA256, 27, 0, b"x"))),
+        "size": MAX_DOCUMENT_BYTES + 1})),
+    "chunk-sha256-upper": (decode_chunk, pack({
+        **msgpack.unpackb(encode_chunk(DocChunk(EXAMPLE_SHA256, 27, 0, b"x"))),
+        "sha256": EXAMPLE_SHA256.upper()})),
+    "state-offset-beyond-size": (_with_limits(decode_doc_state), encode_doc_state(
+        DocState(EXAMPLE_SHA256, 27, 28, False))),
+    "status-sha256-63": (_with_limits(decode_doc_status), encode_doc_status(
+        DocStatusRequest(EXAMPLE_SHA256[:63], 27))),
 }
 
 
@@ -864,8 +1096,9 @@ def test_unpack_refuses_lengths_that_claim_more_than_the_input() -> None:
 
 LARGE = "x" * 5000
 OVERSIZE_EXAMPLES = {
-    "batch": BatchBody(1, 1, (b"\xc0",), LARGE),
+    "batch": Batch(SEAL, BatchBody(1, 1, (b"\xc0",), LARGE)),
     "ack": Ack("agent", 1, 1, (), b"\x00" * 5000),
+    "doc_chunk": DocChunk(EXAMPLE_SHA256, 10_000, 0, b"\x00" * 5000),
     "error": ErrorReply("internal", LARGE),
     "cursor": CursorRequest(1, LARGE),
     "envelope": Envelope("batch", "agent", b"\x00" * 5000, b"\x00" * 64),
@@ -892,7 +1125,7 @@ def test_inputs_beyond_the_default_body_limit_are_too_large(codec: Codec) -> Non
 
 @pytest.mark.parametrize("codec,value", [
     (_codec("enroll"), EnrollRequest("t", b"\x01" * 32, "n" * 5000, b"\x02" * 64)),
-    (_codec("enrolled"), EnrollReply("agent", "c" * 5000, None, 0)),
+    (_codec("enrolled"), EnrollReply("agent", "c" * 5000, None, 0, b"i" * 32, 1, b"k" * 32)),
 ], ids=["enroll", "enrolled"])
 def test_enrollment_messages_beyond_4_kib_are_too_large(codec: Codec, value: Any) -> None:
     with pytest.raises(DecodeError) as info:
@@ -900,45 +1133,49 @@ def test_enrollment_messages_beyond_4_kib_are_too_large(codec: Codec, value: Any
     assert info.value.code is ErrorCode.TOO_LARGE
 
 
-def _batch_with_payload(payload: bytes, count: int = 1, first_seq: int = 1) -> bytes:
-    return pack({"v": PROTOCOL_VERSION, "kind": "batch", "epoch": 1, "first_seq": first_seq,
-                 "count": count, "codec": "zstd", "payload": payload, "agent_clock": None})
+@pytest.mark.parametrize("name", ["doc_status", "doc_state"])
+def test_document_status_and_state_beyond_1_kib_are_too_large(name: str) -> None:
+    codec = _codec(name)
+    fields = msgpack.unpackb(codec.encode(EXAMPLES[name]), raw=False)
+    with pytest.raises(DecodeError) as info:
+        codec.decode(pack({**fields, "pad": "x" * 1024}))
+    assert info.value.code is ErrorCode.TOO_LARGE
 
 
 def test_batch_with_more_records_than_the_limit_is_too_large() -> None:
     body = BatchBody(1, 1, tuple(b"\x01" for _ in range(11)))
-    encoded = encode_batch_body(body)
-    assert decode_batch_body(encoded, Limits(max_records=11)) == body
+    encoded = encode_batch_body(body, SEAL)
+    assert open_batch_bytes(encoded, Limits(max_records=11)) == body
     with pytest.raises(DecodeError) as info:
-        decode_batch_body(encoded, Limits(max_records=10))
+        decode_sealed_batch(encoded, Limits(max_records=10))  # refused before opening
     assert info.value.code is ErrorCode.TOO_LARGE
 
 
 def test_batch_inflating_beyond_the_limit_is_too_large() -> None:
     body = BatchBody(1, 1, (pack(b"a" * 3000), pack(b"b" * 3000)))
     inflated = sum(map(len, body.records))
-    encoded = encode_batch_body(body)
+    encoded = encode_batch_body(body, SEAL)
     assert len(encoded) < 1000  # it compresses well: only the inflated size is too large
-    assert decode_batch_body(encoded, Limits(max_inflated_bytes=inflated)) == body
+    assert open_batch_bytes(encoded, Limits(max_inflated_bytes=inflated)) == body
     with pytest.raises(DecodeError) as info:
-        decode_batch_body(encoded, Limits(max_inflated_bytes=inflated - 1))
+        open_batch_bytes(encoded, Limits(max_inflated_bytes=inflated - 1))
     assert info.value.code is ErrorCode.TOO_LARGE
 
 
 def test_batch_record_beyond_the_record_limit_is_too_large() -> None:
     big = pack(b"x" * 2000)  # 2003 bytes
-    encoded = encode_batch_body(BatchBody(1, 1, (pack("ok"), big)))
-    decode_batch_body(encoded, Limits(max_record_bytes=len(big)))
+    encoded = encode_batch_body(BatchBody(1, 1, (pack("ok"), big)), SEAL)
+    open_batch_bytes(encoded, Limits(max_record_bytes=len(big)))
     with pytest.raises(DecodeError) as info:
-        decode_batch_body(encoded, Limits(max_record_bytes=len(big) - 1))
+        open_batch_bytes(encoded, Limits(max_record_bytes=len(big) - 1))
     assert info.value.code is ErrorCode.TOO_LARGE
 
 
 def test_batch_whose_last_seq_overflows_is_refused() -> None:
     payload = compress(b"\x01\x02")
-    assert decode_batch_body(_batch_with_payload(payload, 2, MAX_SEQ - 1)).last_seq == MAX_SEQ
+    assert open_batch_bytes(_batch_with_payload(payload, 2, MAX_SEQ - 1)).last_seq == MAX_SEQ
     with pytest.raises(DecodeError):
-        decode_batch_body(_batch_with_payload(payload, 2, MAX_SEQ))
+        open_batch_bytes(_batch_with_payload(payload, 2, MAX_SEQ))
 
 
 def _frame_fields(frame: bytes) -> tuple[int, int, int, int]:
@@ -1007,7 +1244,7 @@ MALFORMED_PAYLOADS = {
                          ids=MALFORMED_PAYLOADS.keys())
 def test_malformed_batch_payloads_are_refused(payload: bytes, count: int) -> None:
     with pytest.raises(DecodeError) as info:
-        decode_batch_body(_batch_with_payload(payload, count))
+        open_batch_bytes(_batch_with_payload(payload, count))
     assert info.value.code is ErrorCode.MALFORMED
 
 
@@ -1042,13 +1279,13 @@ def test_a_frame_that_really_uses_another_dictionary_is_refused() -> None:
     assert other.dict_id() not in DICTIONARIES
     frame = zstandard.ZstdCompressor(dict_data=other).compress(b"".join(samples[:2]))
     with pytest.raises(DecodeError, match="unknown dictionary"):
-        decode_batch_body(_batch_with_payload(frame, 2))
+        open_batch_bytes(_batch_with_payload(frame, 2))
 
 
 def test_frames_without_a_dictionary_or_with_a_checksum_are_accepted() -> None:
     """The decoder picks the dictionary by the frame's id, 0 meaning none; a checksum
     is optional; the level is the sender's choice."""
-    body = EXAMPLES["batch"]
+    body = EXAMPLE_BODY
     joined = b"".join(body.records)
     frames = [
         compress(joined, dict_id=0),
@@ -1060,7 +1297,7 @@ def test_frames_without_a_dictionary_or_with_a_checksum_are_accepted() -> None:
         *(compress(joined, level=level) for level in (1, 6, 12, 19, 22)),
     ]
     for frame in frames:
-        assert decode_batch_body(_batch_with_payload(frame, 3)).records == body.records
+        assert open_batch_bytes(_batch_with_payload(frame, 3)).records == body.records
 
 
 # -- compression bombs ----------------------------------------------------------------------
@@ -1094,7 +1331,7 @@ def _refused_quickly(raw: bytes) -> DecodeError:
     assert len(raw) < 10_000  # tiny on the wire
     started = time.perf_counter()
     with pytest.raises(DecodeError) as info:
-        decode_batch_body(raw)
+        open_batch_bytes(raw)
     assert time.perf_counter() - started < 1.0
     return info.value
 
@@ -1117,11 +1354,54 @@ def test_compression_bomb_that_understates_its_size_is_refused(zstd_bomb: bytes,
     assert error.code is ErrorCode.MALFORMED
 
 
+def test_a_sealed_bomb_reaches_the_decompressor_and_is_refused_there(
+    zstd_bomb: bytes, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """open_batch opens the seal, then refuses the frame from its header (TOO_LARGE)."""
+    import protocol.batches
+
+    seen: list[int] = []
+
+    def spy(data: bytes, *, max_bytes: int) -> bytes:
+        seen.append(len(data))
+        return decompress(data, max_bytes=max_bytes)
+
+    monkeypatch.setattr(protocol.batches, "decompress", spy)
+    sealed = decode_sealed_batch(_batch_with_payload(zstd_bomb))
+    assert open_payload(sealed.sealed, SERVER_KEYS[1], batch_info(
+        sealed.agent_id, sealed.epoch, sealed.first_seq, sealed.count)) == zstd_bomb
+    with pytest.raises(DecodeError) as info:
+        open_batch(sealed, SERVER_KEYS[1])
+    assert info.value.code is ErrorCode.TOO_LARGE
+    assert seen == [len(zstd_bomb)]
+
+
+@pytest.mark.parametrize("how", ["not-sealed", "sealed-to-another-key", "sealed-for-another-batch"])
+def test_a_bomb_not_sealed_to_the_server_never_reaches_the_decompressor(
+    zstd_bomb: bytes, monkeypatch: pytest.MonkeyPatch, how: str,
+) -> None:
+    import protocol.batches
+
+    def never(data: bytes, *, max_bytes: int) -> bytes:
+        raise AssertionError("decompress was called")
+
+    monkeypatch.setattr(protocol.batches, "decompress", never)
+    if how == "not-sealed":
+        sealed = zstd_bomb
+    elif how == "sealed-to-another-key":
+        sealed = seal_payload(zstd_bomb, SERVER_PUBLIC[2], batch_info(SEAL.agent_id, 1, 1, 1))
+    else:
+        sealed = seal_payload(zstd_bomb, SERVER_PUBLIC[1], batch_info(SEAL.agent_id, 1, 2, 1))
+    raw = pack(_batch_fields(sealed=sealed))
+    error = _refused_quickly(raw)
+    assert error.code is ErrorCode.MALFORMED
+
+
 def _peak_memory_of_refusing(raw: bytes, limits: Limits) -> int:
     tracemalloc.start()
     try:
         with pytest.raises(DecodeError):
-            decode_batch_body(raw, limits)
+            open_batch_bytes(raw, limits)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -1132,16 +1412,20 @@ def test_compression_bomb_memory_is_bounded_by_the_declared_size(zstd_bomb: byte
                                                                  sizeless_bomb: bytes) -> None:
     limit = 1024 * 1024
     limits = Limits(max_inflated_bytes=limit)
+    # What refusing any batch costs (msgpack's packer buffer for the HPKE info is 256 KiB).
+    baseline = _peak_memory_of_refusing(_batch_with_payload(b"\x00" * 3000), limits)
+    assert baseline < 512 * 1024
     # Refused from the frame header alone: nothing near the 100 MB is allocated.
-    assert _peak_memory_of_refusing(_batch_with_payload(zstd_bomb), limits) < 64 * 1024
-    assert _peak_memory_of_refusing(_batch_with_payload(sizeless_bomb), limits) < 64 * 1024
+    assert _peak_memory_of_refusing(_batch_with_payload(zstd_bomb), limits) < baseline + 64 * 1024
+    assert _peak_memory_of_refusing(_batch_with_payload(sizeless_bomb),
+                                    limits) < baseline + 64 * 1024
     # A frame that lies gets at most the size it claims, which is within the limit.
     lying = _batch_with_payload(_declaring(zstd_bomb, limit))
     assert _peak_memory_of_refusing(lying, limits) < 2 * limit
 
 
 def test_declared_size_is_checked_against_the_limit_exactly() -> None:
-    joined = b"".join(EXAMPLES["batch"].records)
+    joined = b"".join(EXAMPLE_BODY.records)
     frame = compress(joined)
     assert decompress(frame, max_bytes=len(joined)) == joined
     with pytest.raises(DecodeError) as info:
@@ -1206,20 +1490,44 @@ def test_level_for_rate_spends_cpu_only_where_it_saves_airtime(rate: float, leve
 
 
 # -- known answers (protocol/SPEC.md §12, worked example) --------------------------------------
-# Ed25519 is deterministic, so an independent implementation can check itself against these.
+# Ed25519 is deterministic, so an independent implementation can check itself against these:
+# keys, the pin, signing inputs, proofs, signatures, signed replies, derived ids, records and
+# every message map. HPKE is not: every sealing draws a fresh ephemeral key, so the reference
+# never writes SPEC_SEALED again. SPEC.md gives that sealing (and the batch body, signature,
+# digest and ack that follow from it) as one possible one, made with the ephemeral key
+# 03 × 32 by the independent RFC 9180 implementation of test_sealing.py; the reference must
+# open it, and its own sealings must open to the same payload.
 
 SPEC_KEY = Ed25519PrivateKey.from_private_bytes(bytes(32))
 SPEC_AGENT = "ag-0123456789abcdef"
 SPEC_PUBLIC = "3b6a27bcceb6a42d62a3a8d02a6f0d73653215771de243a63ac048a18b59da29"
-SPEC_PROOF = ("918c85b44b71332afa8a6988008e6df579056811a9a103ae78dd63886e9dc120"
-              "26c0412f8776ed37797b153f5c28c559bd093ed3705ab93e3588e109db7e6709")
+SPEC_IDENTITY = Ed25519PrivateKey.from_private_bytes(b"\x01" * 32)  # the server's
+SPEC_SEALING = X25519PrivateKey.from_private_bytes(b"\x02" * 32)  # the server's key 1
+SPEC_EPHEMERAL = X25519PrivateKey.from_private_bytes(b"\x03" * 32)  # of the example sealing
+SPEC_NEW_KEY = Ed25519PrivateKey.from_private_bytes(b"\x04" * 32)  # the agent's, after rotation
+SPEC_IDENTITY_PUBLIC = "8a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c"
+SPEC_FINGERPRINT = "xlqgtznxg4zbmdk3"
+SPEC_SEALING_PUBLIC = "ce8d3ad1ccb633ec7b70c17814a5c76ecd029685050d344745ba05870e587d59"
+SPEC_NEW_PUBLIC = "ca93ac1705187071d67b83c7ff0efe8108e8ec4530575d7726879333dbdabe7c"
+SPEC_TOKEN = "cs1.xlqgtznxg4zbmdk3.EXAMPLE0EXAMPLE1EXAMPLE2EXAMPLE3"
+SPEC_PROOF = (
+    "397916c36f677d8b63fc30afea1956978fcb3d01114e9fef2d03c4d19cf7d898ba83254bb1fb1361ba9f3bb2"
+    "196be6eb7aa31dc66d45929a421fa600018bb60a")
 SPEC_ENROLL = (
-    "86a17601a46b696e64a6656e726f6c6ca5746f6b656eb0746f6b2d4558414d504c452d30303030aa7075626c"
-    "69635f6b6579c4203b6a27bcceb6a42d62a3a8d02a6f0d73653215771de243a63ac048a18b59da29a46e616d"
-    "65a450432031a570726f6f66c440" + SPEC_PROOF)
+    "86a17601a46b696e64a6656e726f6c6ca5746f6b656ed9356373312e786c7167747a6e7867347a626d646b33"
+    "2e4558414d504c45304558414d504c45314558414d504c45324558414d504c4533aa7075626c69635f6b6579"
+    "c4203b6a27bcceb6a42d62a3a8d02a6f0d73653215771de243a63ac048a18b59da29a46e616d65a450432031"
+    "a570726f6f66c440397916c36f677d8b63fc30afea1956978fcb3d01114e9fef2d03c4d19cf7d898ba83254b"
+    "b1fb1361ba9f3bb2196be6eb7aa31dc66d45929a421fa600018bb60a")
 SPEC_ENROLLED = (
-    "86a17601a46b696e64a8656e726f6c6c6564a56167656e74b361672d30313233343536373839616263646566"
-    "ac636f6d6d756e655f636f6465a53031323334a46e616d65a450432031ad636f756e7465725f626c6f636b00")
+    "89a17601a46b696e64a8656e726f6c6c6564a56167656e74b361672d30313233343536373839616263646566"
+    "ac636f6d6d756e655f636f6465a53031323334a46e616d65a450432031ad636f756e7465725f626c6f636b00"
+    "aa7365727665725f6b6579c4208a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f"
+    "5cae7365616c696e675f6b65795f696401ab7365616c696e675f6b6579c420ce8d3ad1ccb633ec7b70c17814"
+    "a5c76ecd029685050d344745ba05870e587d59")
+SPEC_ENROLLED_SIGNATURE = (
+    "5a5292381bb8ca3f968c4ea6b826578446b752d8e5cb806c4fc014d1e779760fbb2e31f94f9450e713b24183"
+    "3fad73cea972c9b49d28c7390f31ba5db4cc1109")
 SPEC_DOSSIER_ID = "dee7ca1e-40ad-564e-8d99-959072f07525"  # derived from (SPEC_AGENT, 1, 1)
 SPEC_RECORD_SHA256 = ("3716d09538f4bce644ed9527287d9edae23165192d4f5ae22002501fac4132cb",
                       "f47ddfe7f7adbaeb5fb7b7a53a947c3628d150a02e98a80d2c2990960f14944e")
@@ -1229,19 +1537,34 @@ SPEC_PAYLOAD = (
     "4b2869b154ee5091b51d6ab86d70080ff07b6a36f635911a308c9b89af2da60650fa17954fb454304f170d23"
     "489230aa0ca880ccf06ea21f33"
 )
+SPEC_BATCH_INFO = (
+    "636f6d6d756e652d73796e63206261746368009501b361672d30313233343536373839616263646566010102")
+SPEC_SEALED = (
+    "5dfedd3b6bd47f6fa28ee15d969d5bb0ea53774d488bdaf9df1c6e0124b3ef22ead3470de6797ebc67cb7992"
+    "02ac72ebd96f8c97273c1d6b67078013615b7ecd9ae6fe08f6d8ea9f2d2377d44d4306726ce564db86ab4abc"
+    "ad42a3b9c903c3a0992adfa4fdf032e08132e02b08555589f7a11df67213186ee77d300df04a79fd80b989fe"
+    "20546a00e6014890775341da50fda124f9")
 SPEC_BODY = (
-    "88a17601a46b696e64a56261746368a565706f636801a966697273745f73657101a5636f756e7402a5636f64"
-    "6563a47a737464a77061796c6f6164c465" + SPEC_PAYLOAD + "ab6167656e745f636c6f636bb932"
-    "3032362d31312d32365431303a30353a30302b30373a3030"
-)
-SPEC_BATCH_SIGNATURE = ("e23479a511944d4b7007cbaaebd684ddace40b56fa0990afd51e92b9f6f8d165"
-                        "2c1cf3080e119bd8c272818e3851f6e71f46c79f68c5268ce915f245ad4f700a")
-SPEC_BATCH_DIGEST = "78ee2d9f0064d904e3406925ef62f234a0d1192999c4c3d4f4022469c80c1f2f"
+    "8ba17601a46b696e64a56261746368a56167656e74b361672d30313233343536373839616263646566a7636f"
+    "6d6d756e65a53031323334a565706f636801a966697273745f73657101a5636f756e7402a5636f646563a47a"
+    "737464a66b65795f696401a67365616c6564c4955dfedd3b6bd47f6fa28ee15d969d5bb0ea53774d488bdaf9"
+    "df1c6e0124b3ef22ead3470de6797ebc67cb799202ac72ebd96f8c97273c1d6b67078013615b7ecd9ae6fe08"
+    "f6d8ea9f2d2377d44d4306726ce564db86ab4abcad42a3b9c903c3a0992adfa4fdf032e08132e02b08555589"
+    "f7a11df67213186ee77d300df04a79fd80b989fe20546a00e6014890775341da50fda124f9ab6167656e745f"
+    "636c6f636bb9323032362d31312d32365431303a30353a30302b30373a3030")
+SPEC_BATCH_SIGNATURE = (
+    "9fb0a4a8b9a4b12c260f965de0527d93737dd6874e10e2bbc7f2b87438fed4494219fabf3f707eac8398cd53"
+    "adad77c271da71bc9555125a634c21d7f28a0909")
+SPEC_BATCH_DIGEST = "d187703ab1bac0512f76a3cd8fc1b73713f47e85119bf42e718e77151746930e"
 SPEC_ACK = (
-    "88a17601a46b696e64a361636ba56167656e74b361672d30313233343536373839616263646566a565706f63"
-    "6801a961636b65645f73657102a8766572646963747390a56261746368c420" + SPEC_BATCH_DIGEST
-    + "ab7365727665725f74696d65bd323032362d31312d32365430333a30353a30312e3132332b30303a3030"
-)
+    "8aa17601a46b696e64a361636ba56167656e74b361672d30313233343536373839616263646566a565706f63"
+    "6801a961636b65645f73657102a8766572646963747390a56261746368c420d187703ab1bac0512f76a3cd8f"
+    "c1b73713f47e85119bf42e718e77151746930eab7365727665725f74696d65bd323032362d31312d32365430"
+    "333a30353a30312e3132332b30303a3030ae7365616c696e675f6b65795f696401ab7365616c696e675f6b65"
+    "79c420ce8d3ad1ccb633ec7b70c17814a5c76ecd029685050d344745ba05870e587d59")
+SPEC_ACK_SIGNATURE = (
+    "a82d6bc8eba1698e73108595d55245289e61afdd13c2463ff26cffea19599c23cf4ca46a2fa16d3581443927"
+    "7ced34f8da582008c4868eb0a7c258345b400c02")
 SPEC_CURSOR_ENVELOPE = (
     "9501a6637572736f72b361672d30313233343536373839616263646566c43d84a17601a46b696e64a663757273"
     "6f72a565706f636801ab6167656e745f636c6f636bb9323032362d31312d32365431303a30363a30302b30373a"
@@ -1251,6 +1574,30 @@ SPEC_GAP_ERROR = (
     "86a17601a46b696e64a56572726f72a4636f6465a3676170a76d657373616765d92762617463682073746172"
     "747320617420373b2073657276657220686f6c647320757020746f2032a565706f636801a961636b65645f73"
     "657102")
+SPEC_GAP_SIGNATURE = (
+    "33ae09279cd233c8ce1c6aa9ec892fbd49854744f407c7f225b25e85d6ac8b486d9dfea08ac69680891e1902"
+    "302ff96ced421e811a6cdbddcf265df167114b02")
+SPEC_ROTATION_PROOF = (
+    "175d5b2abac6d4d9a6ea3c863666457d464f8eb07d7b096a717229f32ecc337090bdd09f52b724e0f1c11fd2"
+    "36d16d6ff82e5ce1f3c85dc37ed3b676aca74d03")
+SPEC_ROTATE_ENVELOPE = (
+    "9501a6726f74617465b361672d30313233343536373839616263646566c48284a17601a46b696e64a6726f74"
+    "617465a76e65775f6b6579c420ca93ac1705187071d67b83c7ff0efe8108e8ec4530575d7726879333dbdabe"
+    "7ca570726f6f66c440175d5b2abac6d4d9a6ea3c863666457d464f8eb07d7b096a717229f32ecc337090bdd0"
+    "9f52b724e0f1c11fd236d16d6ff82e5ce1f3c85dc37ed3b676aca74d03c44091f0b97be9a127ef6bea757913"
+    "f932f1ce3bd01fe25293a0ef54f195f0762aba58c12f344c38c25490ddb5501aff5b9e3a459072cfbe3410a9"
+    "da41080c138f0a")
+SPEC_DOCUMENT = b"%PDF-1.4 example"
+SPEC_CHUNK_INFO = (
+    "636f6d6d756e652d73796e63206368756e6b009501b361672d30313233343536373839616263646566d94039"
+    "3837396135346232336134323766303537326633373931313461346132343139613933616362646138376637"
+    "373535363832623531343931373465333765621000")
+
+
+def _reply_envelope(message_hex: str, signature_hex: str) -> str:
+    """A signed reply as SPEC.md §4.6 lays it out: [1, "reply", "syncd", message, signature]."""
+    return encode_envelope(Envelope("reply", "syncd", bytes.fromhex(message_hex),
+                                    bytes.fromhex(signature_hex))).hex()
 
 
 def _spec_records() -> tuple[bytes, bytes]:
@@ -1269,21 +1616,46 @@ def _spec_records() -> tuple[bytes, bytes]:
                                        "can-bo-1", None)))
 
 
+def _x25519_public(key: X25519PrivateKey) -> str:
+    return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
+
+
+def test_known_answer_keys_and_pin() -> None:
+    assert public_key_bytes(SPEC_KEY).hex() == SPEC_PUBLIC
+    assert public_key_bytes(SPEC_IDENTITY).hex() == SPEC_IDENTITY_PUBLIC
+    assert _x25519_public(SPEC_SEALING) == SPEC_SEALING_PUBLIC
+    assert public_key_bytes(SPEC_NEW_KEY).hex() == SPEC_NEW_PUBLIC
+    digest = hashlib.sha256(b"commune-sync identity\x00" + bytes.fromhex(SPEC_IDENTITY_PUBLIC))
+    assert digest.hexdigest()[:20] == "bae069e5b73732160d5b"
+    assert fingerprint(bytes.fromhex(SPEC_IDENTITY_PUBLIC)) == SPEC_FINGERPRINT
+    assert SPEC_TOKEN.split(".") == ["cs1", SPEC_FINGERPRINT, "EXAMPLE0EXAMPLE1EXAMPLE2EXAMPLE3"]
+
+
 def test_known_answer_enrollment() -> None:
     from protocol.signing import sign_enrollment, verify_enrollment
 
-    assert public_key_bytes(SPEC_KEY).hex() == SPEC_PUBLIC
-    proof = sign_enrollment(SPEC_KEY, "tok-EXAMPLE-0000")
+    proof = sign_enrollment(SPEC_KEY, SPEC_TOKEN)
     assert proof.hex() == SPEC_PROOF
-    verify_enrollment(bytes.fromhex(SPEC_PUBLIC), "tok-EXAMPLE-0000", proof)
+    verify_enrollment(bytes.fromhex(SPEC_PUBLIC), SPEC_TOKEN, proof)
     with pytest.raises(SignatureError):
-        verify_enrollment(bytes.fromhex(SPEC_PUBLIC), "tok-EXAMPLE-0001", proof)
-    request = EnrollRequest("tok-EXAMPLE-0000", bytes.fromhex(SPEC_PUBLIC), "PC 1", proof)
+        verify_enrollment(bytes.fromhex(SPEC_PUBLIC), SPEC_TOKEN[:-1] + "4", proof)
+    request = EnrollRequest(SPEC_TOKEN, bytes.fromhex(SPEC_PUBLIC), "PC 1", proof)
     assert encode_enroll_request(request).hex() == SPEC_ENROLL
+    assert len(bytes.fromhex(SPEC_ENROLL)) == 204
     assert decode_enroll_request(bytes.fromhex(SPEC_ENROLL)) == request
-    reply = EnrollReply(SPEC_AGENT, "01234", "PC 1", 0)
+    reply = EnrollReply(SPEC_AGENT, "01234", "PC 1", 0, bytes.fromhex(SPEC_IDENTITY_PUBLIC), 1,
+                        bytes.fromhex(SPEC_SEALING_PUBLIC))
     assert encode_enroll_reply(reply).hex() == SPEC_ENROLLED
-    assert decode_enroll_reply(bytes.fromhex(SPEC_ENROLLED)) == reply
+    assert len(bytes.fromhex(SPEC_ENROLLED)) == 195
+    # The body of the 200 answer: the enrolled map in a reply signed by the identity key.
+    signed = seal_reply(SPEC_IDENTITY, bytes.fromhex(SPEC_ENROLLED))
+    assert signed.hex() == _reply_envelope(SPEC_ENROLLED, SPEC_ENROLLED_SIGNATURE)
+    assert len(signed) == 277
+    # The agent's checks (SPEC.md §8.2): decode, match the pin, verify.
+    enrolled = decode_enroll_reply(decode_envelope(signed).signed)
+    assert enrolled == reply
+    assert fingerprint(enrolled.server_key) == SPEC_TOKEN.split(".")[1]
+    assert open_reply(signed, enrolled.server_key) == bytes.fromhex(SPEC_ENROLLED)
 
 
 def test_known_answer_records() -> None:
@@ -1306,39 +1678,113 @@ def test_known_answer_records() -> None:
         SPEC_DOSSIER_ID, "processing", "2026-11-26T10:00:00+07:00", "can-bo-1")
 
 
-def test_known_answer_batch() -> None:
-    from protocol.messages import batch_digest
-
+def test_known_answer_sealing() -> None:
     records = _spec_records()
     payload = bytes.fromhex(SPEC_PAYLOAD)
     assert len(payload) == 101
     params = zstandard.get_frame_parameters(payload)
     assert (params.content_size, params.dict_id, params.has_checksum) == (331, 0x8001, False)
     assert decompress(payload, max_bytes=10_000) == records[0] + records[1]
-    # The body as SPEC.md gives it (its payload, whatever zstd this machine has).
-    body = pack({"v": 1, "kind": "batch", "epoch": 1, "first_seq": 1, "count": 2,
-                 "codec": "zstd", "payload": payload, "agent_clock": SPEC_CLOCK})
+    info = batch_info(SPEC_AGENT, 1, 1, 2)
+    assert info.hex() == SPEC_BATCH_INFO and len(info) == 44
+    # The example sealing: deterministic only because the ephemeral key is given.
+    sealing_public = bytes.fromhex(SPEC_SEALING_PUBLIC)
+    sealed = rfc9180_seal(sealing_public, info, payload, SPEC_EPHEMERAL)
+    assert sealed.hex() == SPEC_SEALED
+    assert sealed[:32].hex() == _x25519_public(SPEC_EPHEMERAL)  # enc
+    assert len(sealed) == 32 + 101 + 16
+    assert open_payload(sealed, SPEC_SEALING, info) == payload
+    # The reference seals with a fresh ephemeral key each time: other bytes, same payload.
+    mine = seal_payload(payload, sealing_public, info)
+    assert len(mine) == len(sealed) and mine != sealed
+    assert open_payload(mine, SPEC_SEALING, info) == payload
+    chunk = chunk_info(SPEC_AGENT, hashlib.sha256(SPEC_DOCUMENT).hexdigest(), 16, 0)
+    assert chunk.hex() == SPEC_CHUNK_INFO and len(chunk) == 109
+
+
+def test_known_answer_batch() -> None:
+    from protocol.messages import batch_digest
+
+    records = _spec_records()
+    # The body as SPEC.md gives it, around the example sealing.
+    body = pack({"v": 1, "kind": "batch", "agent": SPEC_AGENT, "commune": "01234", "epoch": 1,
+                 "first_seq": 1, "count": 2, "codec": "zstd", "key_id": 1,
+                 "sealed": bytes.fromhex(SPEC_SEALED), "agent_clock": SPEC_CLOCK})
     assert body.hex() == SPEC_BODY
-    assert len(body) == 200
-    assert decode_batch_body(body) == BatchBody(1, 1, records, SPEC_CLOCK)
+    assert len(body) == 295
+    sealed = decode_sealed_batch(body)
+    assert (sealed.agent_id, sealed.commune_code, sealed.key_id) == (SPEC_AGENT, "01234", 1)
+    assert open_batch(sealed, SPEC_SEALING) == BatchBody(1, 1, records, SPEC_CLOCK)
     env = sign_envelope(SPEC_KEY, "batch", SPEC_AGENT, body)
-    assert len(env.signing_input()) == 241
+    assert len(env.signing_input()) == 13 + 28 + 295
     assert env.signature.hex() == SPEC_BATCH_SIGNATURE
     assert batch_digest(env).hex() == SPEC_BATCH_DIGEST
-    assert len(encode_envelope(env)) == 296
+    assert len(encode_envelope(env)) == 392
     verify_envelope(decode_envelope(encode_envelope(env)), bytes.fromhex(SPEC_PUBLIC))
     ack = Ack(SPEC_AGENT, 1, 2, (), bytes.fromhex(SPEC_BATCH_DIGEST),
-              "2026-11-26T03:05:01.123+00:00")
+              "2026-11-26T03:05:01.123+00:00", 1, bytes.fromhex(SPEC_SEALING_PUBLIC))
     assert encode_ack(ack).hex() == SPEC_ACK
+    assert len(bytes.fromhex(SPEC_ACK)) == 211
     assert decode_ack(bytes.fromhex(SPEC_ACK)) == ack
+    signed = seal_reply(SPEC_IDENTITY, bytes.fromhex(SPEC_ACK))
+    assert signed.hex() == _reply_envelope(SPEC_ACK, SPEC_ACK_SIGNATURE)
+    assert len(signed) == 293
+    assert decode_ack(open_reply(signed, bytes.fromhex(SPEC_IDENTITY_PUBLIC))) == ack
 
 
 @pytest.mark.skipif(zstandard.ZSTD_VERSION != (1, 5, 7),
                     reason="compressed bytes are those of libzstd 1.5.7; others may differ")
 def test_known_answer_payload_is_what_the_reference_encoder_writes() -> None:
     body = BatchBody(1, 1, _spec_records(), SPEC_CLOCK)
-    assert encode_batch_body(body).hex() == SPEC_BODY  # default level 9, dictionary 0x8001
-    assert len(compress(b"".join(body.records), level=9, dict_id=0)) == 276  # SPEC.md §12.3
+    seal = SealTo(SPEC_AGENT, "01234", 1, bytes.fromhex(SPEC_SEALING_PUBLIC))
+    encoded = encode_batch_body(body, seal)  # default level 9, dictionary 0x8001
+    fields = msgpack.unpackb(encoded, raw=False)
+    expected = msgpack.unpackb(bytes.fromhex(SPEC_BODY), raw=False)
+    # Everything but the (randomised) sealing is byte for byte the SPEC's body.
+    assert {**fields, "sealed": None} == {**expected, "sealed": None}
+    assert len(encoded) == len(bytes.fromhex(SPEC_BODY))
+    info = batch_info(SPEC_AGENT, 1, 1, 2)
+    assert open_payload(fields["sealed"], SPEC_SEALING, info).hex() == SPEC_PAYLOAD
+    assert len(compress(b"".join(body.records), level=9, dict_id=0)) == 276  # SPEC.md §12.4
+
+
+def test_known_answer_cursor_envelope_and_gap_error() -> None:
+    raw = bytes.fromhex(SPEC_CURSOR_ENVELOPE)
+    env = decode_envelope(raw)
+    verify_envelope(env, bytes.fromhex(SPEC_PUBLIC))
+    assert (env.kind, env.agent_id) == ("cursor", SPEC_AGENT)
+    assert decode_cursor_request(env.signed) == CursorRequest(1, "2026-11-26T10:06:00+07:00")
+    again = sign_envelope(SPEC_KEY, "cursor", SPEC_AGENT,
+                          encode_cursor_request(CursorRequest(1, "2026-11-26T10:06:00+07:00")))
+    assert encode_envelope(again) == raw
+    gap = ErrorReply("gap", "batch starts at 7; server holds up to 2", 1, 2)
+    assert encode_error(gap).hex() == SPEC_GAP_ERROR
+    assert decode_error(bytes.fromhex(SPEC_GAP_ERROR)) == gap
+    signed = seal_reply(SPEC_IDENTITY, bytes.fromhex(SPEC_GAP_ERROR))
+    assert signed.hex() == _reply_envelope(SPEC_GAP_ERROR, SPEC_GAP_SIGNATURE)
+    assert len(signed) == 173
+    assert decode_error(open_reply(signed, bytes.fromhex(SPEC_IDENTITY_PUBLIC))) == gap
+
+
+def test_known_answer_rotation() -> None:
+    from protocol.signing import rotation_proof_input, sign_rotation, verify_rotation
+
+    new_public = bytes.fromhex(SPEC_NEW_PUBLIC)
+    proof_input = rotation_proof_input(SPEC_AGENT, new_public)
+    assert proof_input == (b"commune-sync\x00rotate\x00\x93\x01\xb3" + SPEC_AGENT.encode()
+                           + b"\xc4\x20" + new_public)
+    assert len(proof_input) == 76
+    proof = sign_rotation(SPEC_NEW_KEY, SPEC_AGENT)
+    assert proof.hex() == SPEC_ROTATION_PROOF
+    verify_rotation(SPEC_AGENT, new_public, proof)
+    # What the reference agent posts to /v1/rotate, signed by its current key.
+    signed = pack({"v": 1, "kind": "rotate", "new_key": new_public, "proof": proof})
+    assert len(signed) == 130
+    env = sign_envelope(SPEC_KEY, "rotate", SPEC_AGENT, signed)
+    assert encode_envelope(env).hex() == SPEC_ROTATE_ENVELOPE
+    assert len(bytes.fromhex(SPEC_ROTATE_ENVELOPE)) == 227
+    verify_envelope(decode_envelope(bytes.fromhex(SPEC_ROTATE_ENVELOPE)),
+                    bytes.fromhex(SPEC_PUBLIC))
 
 
 def _spaced(hex_digits: str) -> str:
@@ -1356,24 +1802,16 @@ def test_spec_md_shows_these_known_answers() -> None:
     blocks = [" ".join(block.split()) for block in section.split("```")[1::2]]
     records = _spec_records()
     payload_blocks = bytes.fromhex(SPEC_PAYLOAD)[12:].hex()  # after the annotated headers
-    for dump in (SPEC_BODY, SPEC_ACK, SPEC_GAP_ERROR, SPEC_CURSOR_ENVELOPE, SPEC_ENROLL,
-                 SPEC_ENROLLED, records[0].hex(), payload_blocks):
+    dumps = (SPEC_ENROLL, SPEC_ENROLLED, _reply_envelope(SPEC_ENROLLED, SPEC_ENROLLED_SIGNATURE),
+             records[0].hex(), payload_blocks, SPEC_BATCH_INFO, SPEC_SEALED, SPEC_BODY, SPEC_ACK,
+             _reply_envelope(SPEC_ACK, SPEC_ACK_SIGNATURE), SPEC_GAP_ERROR,
+             _reply_envelope(SPEC_GAP_ERROR, SPEC_GAP_SIGNATURE), SPEC_CURSOR_ENVELOPE,
+             SPEC_ROTATE_ENVELOPE, SPEC_CHUNK_INFO)
+    for dump in dumps:
         assert any(_spaced(dump) in block for block in blocks), dump[:40]
     flat = " ".join(section.split()).replace("` `", "").replace("`", "")
     for value in (SPEC_DOSSIER_ID, *SPEC_RECORD_SHA256, SPEC_BATCH_SIGNATURE, SPEC_BATCH_DIGEST,
-                  SPEC_PUBLIC, SPEC_PROOF):
+                  SPEC_PUBLIC, SPEC_PROOF, SPEC_IDENTITY_PUBLIC, SPEC_FINGERPRINT, SPEC_TOKEN,
+                  SPEC_SEALING_PUBLIC, SPEC_NEW_PUBLIC, SPEC_ROTATION_PROOF,
+                  SPEC_ENROLLED_SIGNATURE, SPEC_ACK_SIGNATURE, SPEC_GAP_SIGNATURE):
         assert value in flat, value
-
-
-def test_known_answer_cursor_envelope_and_gap_error() -> None:
-    raw = bytes.fromhex(SPEC_CURSOR_ENVELOPE)
-    env = decode_envelope(raw)
-    verify_envelope(env, bytes.fromhex(SPEC_PUBLIC))
-    assert (env.kind, env.agent_id) == ("cursor", SPEC_AGENT)
-    assert decode_cursor_request(env.signed) == CursorRequest(1, "2026-11-26T10:06:00+07:00")
-    again = sign_envelope(SPEC_KEY, "cursor", SPEC_AGENT,
-                          encode_cursor_request(CursorRequest(1, "2026-11-26T10:06:00+07:00")))
-    assert encode_envelope(again) == raw
-    gap = ErrorReply("gap", "batch starts at 7; server holds up to 2", 1, 2)
-    assert encode_error(gap).hex() == SPEC_GAP_ERROR
-    assert decode_error(bytes.fromhex(SPEC_GAP_ERROR)) == gap

@@ -2,7 +2,7 @@
 and neither of the packages built on it (`client`, `syncd`).
 
 Pure-compute libraries are allowed: msgpack, zstandard (batch payloads) and
-cryptography (signatures).
+cryptography (Ed25519 signatures, HPKE sealing of batches and document chunks).
 """
 
 from __future__ import annotations
@@ -53,8 +53,8 @@ def _matching(modules: set[str]) -> list[str]:
 
 def test_every_protocol_module_is_covered() -> None:
     names = _submodules()
-    for expected in ("codec", "compression", "dossier", "errors", "events", "messages",
-                     "signing", "zstd_dictionaries"):
+    for expected in ("batches", "codec", "compression", "documents", "dossier", "errors",
+                     "events", "messages", "sealing", "signing", "zstd_dictionaries"):
         assert f"protocol.{expected}" in names
 
 
@@ -67,14 +67,26 @@ def test_importing_protocol_loads_no_io_modules_nor_client_or_syncd() -> None:
 
 
 def test_the_allowed_compute_libraries_are_what_protocol_really_uses() -> None:
-    """zstandard is allowed because it is used (batch payloads) and pulls in nothing
-    forbidden; the allowance is not a blanket one."""
+    """zstandard and cryptography are allowed because they are used (batch payloads;
+    signatures and HPKE) and pull in nothing forbidden; the allowance is not a blanket one."""
     assert not set(ALLOWED_THIRD_PARTY) & set(FORBIDDEN)
     _, after = _loaded_by_fresh_import(_submodules())
     tops = {m.split(".")[0] for m in after}
     assert set(ALLOWED_THIRD_PARTY) <= tops
-    _, alone = _loaded_by_fresh_import(["zstandard"])
-    assert _matching(alone) == []
+    for library in ("zstandard", "cryptography.hazmat.primitives.hpke",
+                    "cryptography.hazmat.primitives.asymmetric.ed25519"):
+        _, alone = _loaded_by_fresh_import([library])
+        assert _matching(alone) == [], library
+
+
+def test_third_party_imports_of_protocol_are_only_the_allowed_ones() -> None:
+    """Whatever protocol's modules load beyond the standard library comes from the
+    allowed packages (or is what their compiled parts bring: cffi, the ``cython_runtime``
+    module every Cython extension such as msgpack's registers)."""
+    before, after = _loaded_by_fresh_import(_submodules())
+    tops = {m.split(".")[0] for m in after - before} - {"protocol"}
+    third_party = {t for t in tops if t not in sys.stdlib_module_names and not t.startswith("_")}
+    assert third_party <= {*ALLOWED_THIRD_PARTY, "cffi", "cython_runtime"}, third_party
 
 
 def test_the_probe_would_notice_a_forbidden_import() -> None:
