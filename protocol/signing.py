@@ -17,6 +17,7 @@ from .errors import SignatureError
 from .messages import PROTOCOL_VERSION, Envelope, enroll_proof_input, signing_input
 
 __all__ = [
+    "is_weak_key",
     "public_key_bytes",
     "sign_enrollment",
     "sign_envelope",
@@ -63,7 +64,30 @@ def verify_rotation(agent_id: str, new_key: bytes, proof: bytes) -> None:
     _verify(new_key, proof, rotation_proof_input(agent_id, new_key))
 
 
+# Encodings of the Ed25519 points of small order (libsodium's list), compared
+# with the sign bit cleared. OpenSSL accepts them as keys, and for such a key
+# a fixed "signature" verifies every message, so none may ever be registered.
+_SMALL_ORDER = frozenset(bytes.fromhex(h) for h in (
+    "00" * 32,
+    "01" + "00" * 31,
+    "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05",
+    "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",
+    "ec" + "ff" * 30 + "7f",
+    "ed" + "ff" * 30 + "7f",
+    "ee" + "ff" * 30 + "7f",
+))
+
+
+def is_weak_key(public_key: bytes) -> bool:
+    """True for a key of small order (or a non-canonical encoding of one)."""
+    if len(public_key) != 32:
+        return True
+    return public_key[:31] + bytes([public_key[31] & 0x7F]) in _SMALL_ORDER
+
+
 def _verify(public_key: bytes, signature: bytes, data: bytes) -> None:
+    if is_weak_key(public_key):
+        raise SignatureError("a key of small order is never accepted")
     try:
         Ed25519PublicKey.from_public_bytes(public_key).verify(signature, data)
     except (InvalidSignature, ValueError) as exc:

@@ -134,6 +134,9 @@ async def _body(request: web.Request) -> bytes:
         return await asyncio.wait_for(request.read(), allowed_s)
     except TimeoutError as exc:
         raise RequestError(408, ErrorCode.TIMEOUT, "request body arrived too slowly") from exc
+    except (ConnectionResetError, asyncio.IncompleteReadError) as exc:
+        # The client hung up mid-body (a 2G link dropping): nothing to answer or log loudly.
+        raise RequestError(400, ErrorCode.MALFORMED, "the request body was cut off") from exc
 
 
 async def _authenticate(request: web.Request, kind: str) -> tuple[AgentRow, bytes, bytes]:
