@@ -166,6 +166,7 @@ class Queue:
             await db.execute("PRAGMA busy_timeout = 30000")
             await db.execute("PRAGMA journal_mode = WAL")
             await db.execute("PRAGMA synchronous = FULL")
+            await db.execute("PRAGMA secure_delete = ON")  # erased records leave no residue
             queue = cls(db, _Sealer(key, agent_id))
             await queue._migrate(agent_id)
         except BaseException:
@@ -357,6 +358,9 @@ class Queue:
                 await self._db.execute(
                     "INSERT INTO ack_times VALUES (?, ?, ?) ON CONFLICT (epoch, upto_seq) "
                     "DO NOTHING", (epoch, acked_seq, server_time))
+                await self._db.execute(  # the latest server time seen: retention's "now"
+                    "INSERT INTO meta VALUES ('server_time', ?) ON CONFLICT (key) "
+                    "DO UPDATE SET value = max(value, excluded.value)", (server_time,))
             await self._db.executemany(
                 "INSERT OR REPLACE INTO verdicts VALUES (?, ?, ?, ?)",
                 [(epoch, seq, code, message) for seq, code, message in verdicts])
@@ -376,7 +380,9 @@ class Queue:
             "SELECT epoch, upto_seq, server_time FROM ack_times ORDER BY epoch, upto_seq")
         if not rows:
             return 0
-        latest = max(datetime.fromisoformat(row[2]) for row in rows)
+        seen = await self._one("SELECT value FROM meta WHERE key = 'server_time'")
+        latest = max([datetime.fromisoformat(row[2]) for row in rows]
+                     + ([datetime.fromisoformat(seen[0])] if seen else []))
         cutoff = latest - timedelta(days=retention_days)
         limits: dict[int, int] = {}
         for epoch, upto, stamp in rows:
@@ -390,6 +396,8 @@ class Queue:
             erased += cursor.rowcount
             await self._db.execute(
                 "UPDATE documents SET erased = 1 WHERE complete = 1 AND added_seq <= ?", (upto,))
+        if erased:  # old page images in the WAL would still hold the ciphertext
+            await self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return erased
 
     async def erased_documents(self) -> list[str]:

@@ -140,3 +140,30 @@ async def test_no_plaintext_in_any_file(tmp_path: Path) -> None:
             assert marker not in path.read_bytes(), path.name
             assert b"Gi" + "àng".encode() not in path.read_bytes(), path.name
         await queue.close()
+
+
+async def test_erased_ciphertext_leaves_no_residue_on_disk(tmp_path: Path) -> None:
+    queue = await open_queue(tmp_path)
+    await append(queue, b"first dossier " * 20, b"second dossier " * 20)
+    with sqlite3.connect(tmp_path / "queue.db") as db:
+        ciphertexts = [row[0] for row in db.execute("SELECT ciphertext FROM records")]
+    await queue.apply_ack(1, 2, [], "now", "2026-01-01T00:00:00+00:00")
+    await queue.apply_ack(1, 2, [], "now", "2026-05-01T00:00:00+00:00")  # server time moves on
+    assert await queue.erase_acknowledged(90) == 2
+    assert await queue.verify() == 2  # the chain still holds
+    for path in tmp_path.iterdir():  # the queue is still open: WAL included
+        data = path.read_bytes()
+        for ciphertext in ciphertexts:
+            assert ciphertext[:32] not in data, path.name
+    await queue.close()
+
+
+async def test_retention_follows_the_server_clock_not_the_pc(tmp_path: Path) -> None:
+    queue = await open_queue(tmp_path)
+    await append(queue, b"a", b"b", b"c")
+    await queue.apply_ack(1, 2, [], "2001-01-01T00:00:00+07:00", "2026-11-01T00:00:00+00:00")
+    assert await queue.erase_acknowledged(90) == 0  # only 0 days old by server time
+    await queue.apply_ack(1, 3, [], "2001-01-01T00:00:00+07:00", "2027-03-01T00:00:00+00:00")
+    assert await queue.erase_acknowledged(90) == 2  # seqs 1-2 are now 120 days old
+    assert [seq for seq, _ in await queue.iter_plaintexts()] == [3]
+    await queue.close()
