@@ -22,7 +22,7 @@ import hashlib
 import hmac
 import os
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -304,6 +304,26 @@ class Queue:
                 size, prev, expected = size + len(plaintext), chain, expected + 1
         return PendingBatch(epoch, acked + 1, tuple(records))
 
+    async def _walk(self, epoch: int) -> AsyncIterator[tuple[int, bytes | None]]:
+        """Every record of ``epoch`` in order, checked: (seq, plaintext or None if
+        erased by retention; an erased record's chain value still links).
+
+        Raises:
+            QueueCorrupt: naming the first bad record.
+        """
+        prev, expected = self._sealer.genesis(epoch), 1
+        async with self._db.execute(
+            "SELECT seq, nonce, ciphertext, chain FROM records WHERE epoch = ? ORDER BY seq",
+            (epoch,),
+        ) as cursor:
+            async for seq, nonce, ciphertext, chain in cursor:
+                if seq != expected:
+                    raise QueueCorrupt(epoch, expected, "record missing")
+                plaintext = (self._sealer.open(epoch, seq, prev, (nonce, ciphertext, chain))
+                             if ciphertext else None)
+                yield seq, plaintext
+                prev, expected = chain, expected + 1
+
     async def verify(self) -> int:
         """Check every record of every epoch; return how many were checked.
 
@@ -314,35 +334,14 @@ class Queue:
         async with self._db.execute("SELECT DISTINCT epoch FROM records ORDER BY epoch") as cur:
             epochs = [row[0] for row in await cur.fetchall()]
         for epoch in epochs:
-            prev, expected = self._sealer.genesis(epoch), 1
-            async with self._db.execute(
-                "SELECT seq, nonce, ciphertext, chain FROM records WHERE epoch = ? ORDER BY seq",
-                (epoch,),
-            ) as cursor:
-                async for seq, nonce, ciphertext, chain in cursor:
-                    if seq != expected:
-                        raise QueueCorrupt(epoch, expected, "record missing")
-                    if ciphertext:  # erased by retention: its chain value still links
-                        self._sealer.open(epoch, seq, prev, (nonce, ciphertext, chain))
-                    prev, expected, checked = chain, expected + 1, checked + 1
+            async for _ in self._walk(epoch):
+                checked += 1
         return checked
 
     async def iter_plaintexts(self) -> list[tuple[int, bytes]]:
-        """All records of the current epoch, decrypted and checked, in order."""
-        epoch = await self.epoch()
-        out, prev, expected = [], self._sealer.genesis(epoch), 1
-        async with self._db.execute(
-            "SELECT seq, nonce, ciphertext, chain FROM records WHERE epoch = ? ORDER BY seq",
-            (epoch,),
-        ) as cursor:
-            async for seq, nonce, ciphertext, chain in cursor:
-                if seq != expected:
-                    raise QueueCorrupt(epoch, expected, "record missing")
-                if ciphertext:  # erased records (retention) hold nothing to read
-                    out.append((seq, self._sealer.open(epoch, seq, prev,
-                                                       (nonce, ciphertext, chain))))
-                prev, expected = chain, expected + 1
-        return out
+        """All readable records of the current epoch, decrypted and checked, in order."""
+        return [(seq, plaintext) async for seq, plaintext in self._walk(await self.epoch())
+                if plaintext is not None]
 
     async def apply_ack(self, epoch: int, acked_seq: int, verdicts: Iterable[tuple[int, str, str]],
                         when: str, server_time: str | None = None) -> None:

@@ -35,15 +35,6 @@ log = logging.getLogger("syncd")
 _COMMUNE = re.compile(r"\d{5}")
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 async def _open_store(paths: ServerPaths) -> tuple[ServerConfig, SqliteStore]:
     config = ServerConfig.load(paths)
     if not paths.database.exists():
