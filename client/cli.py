@@ -71,6 +71,9 @@ async def cmd_init(args: argparse.Namespace, say: Messages) -> int:
     config = await enroll(AgentPaths(args.data_dir), args.server, args.token, args.name,
                           ca_file=args.ca_file)
     print(say("enrolled", agent=config.agent_id, commune=config.commune_code))
+    if config.server_url.startswith("http:") and not config.server_url.startswith(
+            ("http://127.", "http://localhost")):
+        print(say("plain_http"), file=sys.stderr)
     return EXIT_OK
 
 

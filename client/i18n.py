@@ -11,6 +11,10 @@ import os
 __all__ = ["Messages", "pick_language"]
 
 CATALOG: dict[str, tuple[str, str]] = {
+    "plain_http": ("Lưu ý: máy chủ dùng http, không có TLS; nội dung hồ sơ vẫn được niêm phong "
+                   "nhưng người khác trên đường truyền thấy được thời điểm và dung lượng gửi.",
+                   "Note: the server URL is plain http, without TLS; dossier contents stay "
+                   "sealed, but others on the path can see when and how much is sent."),
     "enrolled": ("Đã đăng ký máy trạm {agent} cho xã {commune}.",
                  "Enrolled agent {agent} for commune {commune}."),
     "added_none": ("Không thêm hồ sơ nào.", "No dossier was added."),
