@@ -88,6 +88,7 @@ async def cmd_serve(args: argparse.Namespace) -> int:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
+            # Windows event loops have no signal handlers; Ctrl-C still stops serve.
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, stop.set)
         port = site._server.sockets[0].getsockname()[1] if site._server else args.port  # type: ignore[union-attr]
