@@ -51,7 +51,7 @@ from .files import read_secret, write_atomic
 from .keyfile import PASSPHRASE_ENV, read_queue_key, write_queue_key
 from .queue import Queue
 from .sync import SyncEngine, local_now_iso
-from .tls import read_ca_file
+from .tls import client_ssl_context, read_ca_file
 from .transport import HttpTransport, Reply
 
 __all__ = ["Agent", "enroll"]
@@ -64,7 +64,6 @@ MAX_RECORD_BYTES = 256 * 1024  # well inside the server's per-record limit
 def _ssl_for(root: Path, ca_name: str | None, server_url: str) -> ssl.SSLContext | None:
     if not server_url.startswith("https:"):
         return None
-    from .tls import client_ssl_context
     return client_ssl_context(root / ca_name if ca_name else None)
 
 
@@ -198,10 +197,7 @@ class Agent:
             reply = await transport.post("/v1/rotate", encode_envelope(env))
         finally:
             await transport.close()
-        try:
-            message = open_reply(reply.body, self.config.server_key_bytes)
-        except (DecodeError, SignatureError) as exc:
-            raise TransportError(f"HTTP {reply.status} without a valid signed answer") from exc
+        message = reply.signed_message(self.config.server_key_bytes)
         if reply.status != 200:
             err = decode_error(message)
             raise RefusedError(err.code, err.message)

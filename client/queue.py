@@ -395,6 +395,9 @@ class Queue:
             erased += cursor.rowcount
             await self._db.execute(
                 "UPDATE documents SET erased = 1 WHERE complete = 1 AND added_seq <= ?", (upto,))
+            # Positions below the one just erased up to will never matter again.
+            await self._db.execute("DELETE FROM ack_times WHERE epoch = ? AND upto_seq < ?",
+                                   (epoch, upto))
         if erased:  # old page images in the WAL would still hold the ciphertext
             await self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return erased

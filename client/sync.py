@@ -32,13 +32,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_never
 
 from protocol import (
-    MEDIA_TYPE,
     Ack,
     BatchBody,
     CursorRequest,
     DecodeError,
     ErrorCode,
-    SignatureError,
 )
 from protocol.batches import encode_batch_body
 from protocol.compression import level_for_rate
@@ -58,7 +56,6 @@ from protocol.messages import (
     encode_cursor_request,
     encode_envelope,
 )
-from protocol.sealing import open_reply
 from protocol.signing import sign_envelope
 
 from .config import AgentConfig
@@ -164,19 +161,7 @@ class SyncEngine:
         return reply, batch_digest(env)
 
     def _open(self, reply: Reply) -> bytes:
-        """The message inside a reply signed by the pinned server key.
-
-        Anything else (a captive portal's page, a proxy's error, a forgery) is
-        a transport failure: nothing in it is believed.
-        """
-        try:
-            if reply.content_type != MEDIA_TYPE:
-                raise DecodeError(f"reply of type {reply.content_type!r}")
-            return open_reply(reply.body, self._config.server_key_bytes)
-        except (DecodeError, SignatureError) as exc:
-            raise TransportError(f"HTTP {reply.status} without a valid signed answer "
-                                 f"from the server ({exc})",
-                                 retry_after_s=reply.retry_after_s) from exc
+        return reply.signed_message(self._config.server_key_bytes)
 
     def _decode_ack(self, reply: Reply, epoch: int, digest: bytes | None) -> Ack:
         message = self._open(reply)

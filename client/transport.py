@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from protocol import MEDIA_TYPE
+from protocol import MEDIA_TYPE, DecodeError, SignatureError
+from protocol.sealing import open_reply
 
 from .errors import TransportError
 from .tls import describe_tls_error
@@ -26,6 +27,21 @@ class Reply:
     content_type: str
     body: bytes
     retry_after_s: float | None
+
+    def signed_message(self, server_key: bytes) -> bytes:
+        """The message inside this reply, if signed by the pinned server key.
+
+        Anything else (a captive portal's page, a proxy's error, a forgery) is
+        a transport failure: nothing in it is believed.
+        """
+        try:
+            if self.content_type != MEDIA_TYPE:
+                raise DecodeError(f"reply of type {self.content_type!r}")
+            return open_reply(self.body, server_key)
+        except (DecodeError, SignatureError) as exc:
+            raise TransportError(f"HTTP {self.status} without a valid signed answer "
+                                 f"from the server ({exc})",
+                                 retry_after_s=self.retry_after_s) from exc
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from protocol import MEDIA_TYPE, ErrorCode, ErrorReply, ProtocolError, SignatureError
 from protocol.batches import decode_sealed_batch, open_batch
@@ -166,7 +167,7 @@ def _with_keys(request: web.Request, ack: Ack) -> Ack:
                ack.server_time, keys.current_id, keys.sealing_public())
 
 
-def _sealing_key(request: web.Request, key_id: int) -> object:
+def _sealing_key(request: web.Request, key_id: int) -> X25519PrivateKey:
     key = request.app[KEYS].sealing.get(key_id)
     if key is None:
         raise RequestError(400, ErrorCode.UNKNOWN_KEY, f"no server sealing key {key_id}")
@@ -180,7 +181,7 @@ async def post_batch(request: web.Request) -> web.Response:
     if sealed.agent_id != agent.agent_id or sealed.commune_code != agent.commune_code:
         raise RequestError(403, ErrorCode.FORBIDDEN,
                            "a batch may only carry its own agent's and commune's records")
-    body = open_batch(sealed, _sealing_key(request, sealed.key_id), config.limits)  # type: ignore[arg-type]
+    body = open_batch(sealed, _sealing_key(request, sealed.key_id), config.limits)
     ack = await ingest_batch(request.app[STORE], agent, body, digest)
     log.info("agent %s epoch %d: records %d-%d, acked %d, %d verdicts", agent.agent_id,
              body.epoch, body.first_seq, body.last_seq, ack.acked_seq, len(ack.verdicts))
@@ -226,8 +227,7 @@ async def post_doc_status(request: web.Request) -> web.Response:
 async def post_doc_chunk(request: web.Request) -> web.Response:
     agent, signed, _ = await _authenticate(request, "doc_chunk")
     sealed = decode_doc_chunk(signed, request.app[CONFIG].limits)
-    chunk = open_doc_chunk(sealed, _sealing_key(request, sealed.key_id),  # type: ignore[arg-type]
-                           agent.agent_id)
+    chunk = open_doc_chunk(sealed, _sealing_key(request, sealed.key_id), agent.agent_id)
     status, state = await request.app[DOCUMENTS].put_chunk(chunk)
     if status == 200:
         log.info("agent %s document %s: %d/%d bytes%s", agent.agent_id, chunk.sha256[:12],

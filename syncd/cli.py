@@ -23,11 +23,13 @@ from aiohttp import web
 
 from .app import make_app
 from .config import ServerConfig, ServerPaths, default_data_dir
+from .documents import DocumentStore
 from .enrollment import create_token
 from .errors import SetupError, SyncdError
 from .ingest import utc_now
 from .keys import ServerKeys
 from .store import SqliteStore
+from .tls import server_ssl_context
 
 __all__ = ["main"]
 
@@ -75,7 +77,6 @@ async def cmd_serve(args: argparse.Namespace) -> int:
     if args.tls_cert or args.tls_key:
         if not (args.tls_cert and args.tls_key):
             raise SetupError("--tls-cert and --tls-key go together")
-        from .tls import server_ssl_context
         ssl_context = server_ssl_context(args.tls_cert, args.tls_key)
     config, store = await _open_store(paths)
     runner = web.AppRunner(make_app(config, store, keys, paths.root / "documents"),
@@ -191,7 +192,8 @@ async def cmd_document(args: argparse.Namespace) -> int:
             state = "not complete yet" if rows else "unknown"
             print(f"syncd: document {args.sha256} is {state}", file=sys.stderr)
             return 1
-        path = ServerPaths(args.data_dir).root / "documents" / args.sha256
+        path = DocumentStore(ServerPaths(args.data_dir).root / "documents", store).path(
+            args.sha256)
         with open(path, "rb") as src:
             while block := src.read(1 << 20):
                 sys.stdout.buffer.write(block)
