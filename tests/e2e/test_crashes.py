@@ -38,6 +38,7 @@ from tests.support.procs import (
     agent,
     agent_status,
     cli_env,
+    communicate_within,
     wait_until,
 )
 
@@ -180,16 +181,9 @@ def reap(procs: Iterable[subprocess.Popen[str]]) -> None:
 
 
 def finish(proc: subprocess.Popen[str], *, timeout_s: float = 120.0) -> tuple[str, str]:
-    try:
-        out, err = proc.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-        raise AssertionError(f"{proc.args!r} still running after {timeout_s} s\n"
-                             f"stdout: {out}\nstderr: {err}") from None
-    assert proc.returncode == 0, (f"{proc.args!r} exited {proc.returncode}\n"
-                                  f"stdout: {out}\nstderr: {err}")
-    return out or "", err or ""
+    code, out, err = communicate_within(proc, timeout_s)
+    assert code == 0, f"{proc.args!r} exited {code}\nstdout: {out}\nstderr: {err}"
+    return out, err
 
 
 def add_file(data_dir: Path, path: Path) -> list[str]:

@@ -47,6 +47,7 @@ from tests.support.procs import (
     agent,
     agent_status,
     cli_env,
+    communicate_within,
     enroll_agent,
     wait_until,
 )
@@ -99,15 +100,7 @@ def procs() -> Iterator[Procs]:
 
 
 def finish(proc: subprocess.Popen[str], timeout_s: float) -> tuple[int, str, str]:
-    """Wait for ``proc`` to exit by itself; its exit code, stdout and stderr."""
-    try:
-        out, err = proc.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-        raise AssertionError(f"{proc.args!r} still running after {timeout_s} s\n"
-                             f"stdout: {out}\nstderr: {err}") from None
-    return proc.returncode, out or "", err or ""
+    return communicate_within(proc, timeout_s)
 
 
 def sigkill(proc: subprocess.Popen[str]) -> int:

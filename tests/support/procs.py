@@ -59,6 +59,18 @@ def run(cmd: list[str], *, input: str | None = None, timeout_s: float = 120.0,
     return proc
 
 
+def communicate_within(proc: subprocess.Popen[str], timeout_s: float) -> tuple[int, str, str]:
+    """Wait for ``proc`` to exit by itself; its exit code, stdout and stderr."""
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        raise AssertionError(f"{proc.args!r} still running after {timeout_s} s\n"
+                             f"stdout: {out}\nstderr: {err}") from None
+    return proc.returncode, out or "", err or ""
+
+
 def syncd(*args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
     return run([SYNCD, *args], **kw)
 
