@@ -44,13 +44,14 @@ from protocol.messages import (
 from protocol.sealing import fingerprint, open_reply
 from protocol.signing import public_key_bytes, sign_enrollment, sign_envelope, sign_rotation
 
+from .clock import local_now_iso
 from .config import AgentConfig, AgentPaths
 from .documents import DocumentStore
 from .errors import InputError, RefusedError, SetupError, TransportError
 from .files import read_secret, write_atomic
 from .keyfile import PASSPHRASE_ENV, read_queue_key, write_queue_key
 from .queue import Queue
-from .sync import SyncEngine, local_now_iso
+from .sync import SyncEngine
 from .tls import client_ssl_context, read_ca_file
 from .transport import HttpTransport, Reply
 

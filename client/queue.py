@@ -22,7 +22,7 @@ import hashlib
 import hmac
 import os
 import struct
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -144,6 +144,10 @@ class _Sealer:
         return hmac.new(self._index_key, dossier_id.encode(), hashlib.sha256).digest()
 
 
+async def _connect(path: Path) -> aiosqlite.Connection:
+    return await aiosqlite.connect(path, isolation_level=None)
+
+
 class Queue:
     """The encrypted queue in ``path``. Use :meth:`open`, then :meth:`close`."""
 
@@ -153,15 +157,20 @@ class Queue:
         self._closed = False
 
     @classmethod
-    async def open(cls, path: Path, key: bytes, agent_id: str, *, create: bool = False) -> Queue:
+    async def open(cls, path: Path, key: bytes, agent_id: str, *, create: bool = False,
+                   connect: Callable[[Path], Awaitable[Any]] | None = None) -> Queue:
         """Open (or with ``create``, create) the queue database.
+
+        ``connect`` opens the database connection (autocommit, the aiosqlite
+        interface); by default aiosqlite on ``path``. Tests pass another to run
+        the same queue on a simulated disk.
 
         Raises:
             SetupError: the database is missing, or belongs to another agent.
         """
         if not create and not path.exists():
             raise SetupError(f"queue database {path.name} is missing")
-        db = await aiosqlite.connect(path, isolation_level=None)
+        db = await (connect or _connect)(path)
         try:
             await db.execute("PRAGMA busy_timeout = 30000")
             await db.execute("PRAGMA journal_mode = WAL")

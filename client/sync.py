@@ -25,7 +25,6 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -58,6 +57,7 @@ from protocol.messages import (
 )
 from protocol.signing import sign_envelope
 
+from .clock import local_now_iso
 from .config import AgentConfig
 from .documents import DocumentStore
 from .errors import AgentError, RefusedError, SyncError, TransportError
@@ -69,12 +69,6 @@ from .transport import HttpTransport, Reply
 __all__ = ["Stopped", "SyncEngine", "SyncLimits", "local_now_iso"]
 
 log = logging.getLogger("client.sync")
-VN_TZ = timezone(timedelta(hours=7))
-
-
-def local_now_iso() -> str:
-    """The PC's clock in Vietnam time, as data (never used for ordering)."""
-    return datetime.now(VN_TZ).isoformat(timespec="seconds")
 
 
 class Stopped(Exception):

@@ -1,0 +1,1 @@
+"""Chaos runs and simulated power cuts: the exactly-once promise under faults."""
