@@ -319,9 +319,10 @@ class Agent:
             raise InputError("invalid id", ["id: phải là UUID / must be a UUID"]) from exc
         if note is not None and len(note) > 2000:
             raise InputError("note too long", ["note: dài quá 2000 ký tự / longer than 2000"])
-        if not await self.queue.has_dossier(canonical):
+        current = await self.queue.resolve_dossier(canonical)
+        if current is None:
             raise InputError("unknown dossier", [
                 f"không tìm thấy hồ sơ {canonical} / no dossier {canonical} in this queue"])
-        event = StatusChanged(canonical, status, local_now_iso(), by, note)
+        event = StatusChanged(current, status, local_now_iso(), by, note)
         _, seqs = await self.queue.append(lambda *_: [(encode_event(event), None)])
         return seqs[0]

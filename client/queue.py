@@ -23,6 +23,7 @@ import hmac
 import os
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -34,11 +35,11 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from protocol import pack
+from protocol import derive_dossier_id, pack
 
 from .errors import QueueCorrupt, SetupError
 
-__all__ = ["PendingBatch", "Queue", "QueueStatus"]
+__all__ = ["PendingBatch", "Queue", "QueueStatus", "Rewrite"]
 
 _MIGRATIONS: tuple[str, ...] = (
     """
@@ -71,7 +72,17 @@ _MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE documents ADD COLUMN erased INTEGER NOT NULL DEFAULT 0
     """,
+    # An id the officer was given for a dossier that moved to a new epoch and
+    # was re-identified: the dossier now has the derived id of (epoch, seq).
+    """
+    ALTER TABLE dossier_index ADD COLUMN moved INTEGER NOT NULL DEFAULT 0
+    """,
 )
+
+# Given a record's plaintext, its old (epoch, seq) and its new (epoch, seq),
+# returns the plaintext to store there and, for a record that creates a
+# dossier, (id it had, id it has now).
+Rewrite = Callable[[bytes, int, int, int, int], tuple[bytes, tuple[str, str] | None]]
 
 
 @dataclass(frozen=True)
@@ -189,8 +200,7 @@ class Queue:
             await self._db.close()
 
     async def _migrate(self, agent_id: str) -> None:
-        await self._db.execute("BEGIN IMMEDIATE")
-        try:
+        async with self._transaction():
             version = (await self._one("PRAGMA user_version"))[0]
             for number, script in enumerate(_MIGRATIONS[version:], start=version + 1):
                 for statement in filter(str.strip, script.split(";")):
@@ -203,10 +213,22 @@ class Queue:
                 await self._db.execute("INSERT INTO sync_state (epoch) VALUES (1)")
             elif stored[0] != agent_id:
                 raise SetupError("this queue belongs to another agent")
-            await self._db.execute("COMMIT")
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[None]:
+        """One ``BEGIN IMMEDIATE`` transaction, committed if the block returns.
+
+        On an I/O error or a full disk SQLite may already have rolled back by
+        itself; the original error is the one raised, not a failed ROLLBACK.
+        """
+        await self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
         except BaseException:
-            await self._db.execute("ROLLBACK")
+            if self._db.in_transaction:
+                await self._db.execute("ROLLBACK")
             raise
+        await self._db.execute("COMMIT")
 
     async def _one(self, sql: str, args: Iterable[Any] = ()) -> Any:
         async with self._db.execute(sql, tuple(args)) as cursor:
@@ -238,8 +260,7 @@ class Queue:
         Returns:
             ``(epoch, seqs)``; when this returns, the records are saved.
         """
-        await self._db.execute("BEGIN IMMEDIATE")
-        try:
+        async with self._transaction():
             epoch = await self.epoch()
             numbers = [await self._next_code(day) for day in code_days]
             seq, prev = await self._tail(epoch)
@@ -251,17 +272,13 @@ class Queue:
                                        (epoch, seq, nonce, ciphertext, prev))
                 if new_dossier_id is not None:
                     await self._db.execute(
-                        "INSERT INTO dossier_index VALUES (?, ?, ?)",
+                        "INSERT INTO dossier_index (id_mac, epoch, seq) VALUES (?, ?, ?)",
                         (self._sealer.index_mac(new_dossier_id), epoch, seq))
                 seqs.append(seq)
             for sha256, size in documents:
                 await self._db.execute(
                     "INSERT INTO documents (sha256, size, added_seq) VALUES (?, ?, ?) "
                     "ON CONFLICT (sha256) DO NOTHING", (sha256, size, seqs[0] if seqs else 0))
-            await self._db.execute("COMMIT")
-        except BaseException:
-            await self._db.execute("ROLLBACK")
-            raise
         return epoch, seqs
 
     async def _next_code(self, day: str) -> int:
@@ -274,6 +291,78 @@ class Queue:
         row = await self._one("SELECT 1 FROM dossier_index WHERE id_mac = ?",
                               (self._sealer.index_mac(dossier_id),))
         return row is not None
+
+    async def resolve_dossier(self, dossier_id: str) -> str | None:
+        """The id a dossier of this queue has now (``dossier_id`` itself, or
+        its new id after a move to a new epoch); None if it is not here."""
+        row = await self._one("SELECT epoch, seq, moved FROM dossier_index WHERE id_mac = ?",
+                              (self._sealer.index_mac(dossier_id),))
+        if row is None:
+            return None
+        return derive_dossier_id(self._sealer.agent_id, row[0], row[1]) if row[2] else dossier_id
+
+    async def move_to_new_epoch(self, epoch: int, keep_upto: int, rewrite: Rewrite) -> int:
+        """Start a new epoch and move the records of ``epoch`` after
+        ``keep_upto`` into it, in order, from seq 1; return how many moved.
+
+        For when the server holds records of ``epoch`` that are not this
+        queue's (a restored or cloned data directory): the server holds this
+        queue's records up to ``keep_upto``; the ones after are only here, and
+        their seqs name other records on the server. ``rewrite`` re-identifies
+        what they create. One transaction: all moved, or nothing.
+
+        Raises:
+            QueueCorrupt: a record to move is damaged (nothing changes).
+            SetupError: ``keep_upto`` is below the acknowledged position.
+        """
+        async with self._transaction():
+            moved = 0
+            if await self.epoch() == epoch:
+                moved = await self._move(epoch, keep_upto, rewrite)
+        return moved
+
+    async def _move(self, epoch: int, keep_upto: int, rewrite: Rewrite) -> int:
+        acked = (await self._one("SELECT acked_seq FROM sync_state WHERE epoch = ?", (epoch,)))[0]
+        if keep_upto < acked:
+            raise SetupError(f"the server disowns acknowledged record {keep_upto + 1}")
+        new_epoch = 1 + (await self._one(
+            "SELECT max(e) FROM (SELECT max(epoch) AS e FROM sync_state "
+            "UNION ALL SELECT max(epoch) FROM records)"))[0]
+        prev_row = await self._one("SELECT chain FROM records WHERE epoch = ? AND seq = ?",
+                                   (epoch, keep_upto))
+        prev = prev_row[0] if prev_row else self._sealer.genesis(epoch)
+        async with self._db.execute(
+            "SELECT seq, nonce, ciphertext, chain FROM records WHERE epoch = ? AND seq > ? "
+            "ORDER BY seq", (epoch, keep_upto),
+        ) as cursor:
+            rows = list(await cursor.fetchall())
+        new_prev, moved = self._sealer.genesis(new_epoch), 0
+        for expected, (seq, nonce, ciphertext, chain) in enumerate(rows, start=keep_upto + 1):
+            if seq != expected:
+                raise QueueCorrupt(epoch, expected, "record missing")
+            plaintext = self._sealer.open(epoch, seq, prev, (nonce, ciphertext, chain))
+            prev, moved = chain, moved + 1
+            plaintext, created = rewrite(plaintext, epoch, seq, new_epoch, moved)
+            nonce, ciphertext, new_prev = self._sealer.seal(new_epoch, moved, new_prev, plaintext)
+            await self._db.execute("INSERT INTO records VALUES (?, ?, ?, ?, ?)",
+                                   (new_epoch, moved, nonce, ciphertext, new_prev))
+            if created is not None:
+                old_id, new_id = created
+                await self._db.execute(
+                    "UPDATE dossier_index SET epoch = ?, seq = ?, moved = ? WHERE id_mac = ?",
+                    (new_epoch, moved, int(old_id != new_id), self._sealer.index_mac(old_id)))
+                if old_id != new_id:
+                    await self._db.execute(
+                        "INSERT INTO dossier_index VALUES (?, ?, ?, 0)",
+                        (self._sealer.index_mac(new_id), new_epoch, moved))
+        for table in ("records", "verdicts"):
+            await self._db.execute(f"DELETE FROM {table} WHERE epoch = ? AND seq > ?",  # noqa: S608
+                                   (epoch, keep_upto))
+        await self._db.execute("UPDATE sync_state SET acked_seq = ? WHERE epoch = ?",
+                               (keep_upto, epoch))
+        await self._db.execute("INSERT INTO sync_state (epoch) VALUES (?)", (new_epoch,))
+        await self._db.execute("UPDATE meta SET value = ? WHERE key = 'epoch'", (new_epoch,))
+        return moved
 
     async def status(self) -> QueueStatus:
         epoch = await self.epoch()
@@ -357,8 +446,7 @@ class Queue:
         """Record the server's cumulative position (monotonic) and verdicts;
         ``server_time`` (the server's clock, from the signed ack) dates them
         for retention."""
-        await self._db.execute("BEGIN IMMEDIATE")
-        try:
+        async with self._transaction():
             await self._db.execute(
                 "UPDATE sync_state SET acked_seq = max(acked_seq, ?), last_success = ?, "
                 "last_error = NULL WHERE epoch = ?", (acked_seq, when, epoch))
@@ -372,10 +460,6 @@ class Queue:
             await self._db.executemany(
                 "INSERT OR REPLACE INTO verdicts VALUES (?, ?, ?, ?)",
                 [(epoch, seq, code, message) for seq, code, message in verdicts])
-            await self._db.execute("COMMIT")
-        except BaseException:
-            await self._db.execute("ROLLBACK")
-            raise
 
     async def erase_acknowledged(self, retention_days: float) -> int:
         """Erase the plaintext (ciphertext and nonce) of records acknowledged more

@@ -60,6 +60,7 @@ from protocol.signing import sign_envelope
 from .clock import local_now_iso
 from .config import AgentConfig
 from .documents import DocumentStore
+from .epochs import Reidentify
 from .errors import AgentError, RefusedError, SyncError, TransportError
 from .lock import SyncLock
 from .pacing import LinkPacer, full_jitter
@@ -113,6 +114,7 @@ class SyncEngine:
         self._save_config = save_config
         self._documents_checked: set[str] = set()
         self._failures = 0  # consecutive failed attempts since the last progress
+        self._position_checked = False  # see _check_position
 
     def _check_stop(self) -> None:
         if self._stop is not None and self._stop.is_set():
@@ -222,18 +224,37 @@ class SyncEngine:
             raise self._refusal(reply)
         ack = self._decode_ack(reply, pending.epoch, digest)
         last_sent = pending.first_seq + len(pending.records) - 1
-        # The ack may cover more than this batch (an earlier, larger batch whose
-        # answer was lost), but never more than the queue holds.
-        if ack.acked_seq > last_sent and ack.acked_seq > (await self._queue.status()).last_seq:
-            raise RefusedError("server_ahead", "the server holds more records than this queue")
-        await self._queue.apply_ack(pending.epoch, ack.acked_seq,
-                                    [(v.seq, v.code, v.message) for v in ack.verdicts],
+        # What the server holds *of this queue*: the records just sent that it
+        # did not call a conflict. An ack above them (an earlier, larger batch
+        # whose answer was lost) is taken only up to what was compared.
+        held, diverged_at = min(ack.acked_seq, last_sent), None
+        conflicts = [v.seq for v in ack.verdicts if v.code == ErrorCode.CONFLICT]
+        if conflicts:
+            held = diverged_at = min(conflicts)
+            held -= 1
+        elif ack.acked_seq > last_sent >= (await self._queue.status()).last_seq:
+            diverged_at = last_sent + 1  # the server holds more than this queue ever had
+        await self._queue.apply_ack(pending.epoch, held,
+                                    [(v.seq, v.code, v.message) for v in ack.verdicts
+                                     if v.seq <= held],
                                     local_now_iso(), ack.server_time)
+        if diverged_at is not None:
+            await self._new_epoch(pending.epoch, diverged_at - 1)
         if self._progress is not None:
-            self._progress(ack.acked_seq, max(before.last_seq, last_sent))
-        if pending.damaged is not None and ack.acked_seq >= last_sent:
+            self._progress(held, max(before.last_seq, last_sent))
+        if pending.damaged is not None and held >= last_sent:
             raise pending.damaged
-        return max(0, ack.acked_seq - before.acked_seq)
+        return max(0, held - before.acked_seq)
+
+    async def _new_epoch(self, epoch: int, keep_upto: int) -> None:
+        """The server holds records of ``epoch`` after ``keep_upto`` that are not
+        this queue's (a restored or cloned data directory): move ours after it
+        to a new epoch, re-identified, so no seq stands for two records."""
+        moved = await self._queue.move_to_new_epoch(epoch, keep_upto,
+                                                    Reidentify(self._config.agent_id))
+        log.warning("the server holds other records of epoch %d after seq %d (a restored or "
+                    "copied data directory?); moved %d records to epoch %d",
+                    epoch, keep_upto, moved, await self._queue.epoch())
 
     async def push_all(self) -> None:
         """Push until nothing is pending (one attempt per batch, no retry)."""
@@ -293,17 +314,38 @@ class SyncEngine:
             raise
         return True
 
+    async def _check_position(self) -> None:
+        """Once per engine, with nothing to send: ask where the server stands.
+
+        A server holding more of this epoch than this queue ever had means the
+        data directory was restored from an older copy (or copied): move to a
+        new epoch before new records reuse those seqs. Best effort: without a
+        link, the first batch finds out instead (by a conflict).
+        """
+        status = await self._queue.status()
+        try:
+            ack = await self.cursor()
+        except TransportError as exc:
+            log.info("position check skipped: %s", exc)
+            return
+        self._position_checked = True
+        if ack.epoch == status.epoch and ack.acked_seq > status.last_seq == status.acked_seq:
+            await self._new_epoch(status.epoch, status.last_seq)
+
     async def _push_all_unlocked(self) -> None:
         rewinds = 0
         while True:
             self._check_stop()
             status = await self._queue.status()
+            if status.pending <= 0 and not self._position_checked:
+                await self._check_position()
+                continue
             if status.pending <= 0:
                 # Records always go first: one chunk, then look for records again.
                 if not await self.push_document_chunk():
                     return
                 continue
-            if await self.push_batch() == 0:
+            if await self.push_batch() == 0 and await self._queue.epoch() == status.epoch:
                 # A gap moved the position back; one resend from there must fit.
                 rewinds += 1
                 if rewinds > 2:

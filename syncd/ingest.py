@@ -98,7 +98,11 @@ async def ingest_batch(store: SqliteStore, agent: AgentRow, body: BatchBody,
                         hashlib.sha256(b"conflict" + agent.agent_id.encode() +
                                        epoch.to_bytes(8) + seq.to_bytes(8) +
                                        digest_record).digest(), now)
-                elif stored.verdict_code is not None:
+                    # The agent's records from here on are not the ones held
+                    # (a restored or cloned queue): apply none of them, so an
+                    # event never lands on the dossier another record created.
+                    break
+                if stored.verdict_code is not None:
                     verdicts.append(Verdict(seq, stored.verdict_code,
                                             stored.verdict_message or ""))
                 continue

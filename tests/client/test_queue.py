@@ -167,3 +167,89 @@ async def test_retention_follows_the_server_clock_not_the_pc(tmp_path: Path) -> 
     assert await queue.erase_acknowledged(90) == 2  # seqs 1-2 are now 120 days old
     assert [seq for seq, _ in await queue.iter_plaintexts()] == [3]
     await queue.close()
+
+
+async def test_moving_to_a_new_epoch_keeps_the_held_prefix_and_renumbers_the_rest(
+        tmp_path: Path) -> None:
+    queue = await open_queue(tmp_path)
+    await append(queue, b"1", b"2", b"3", b"4", b"5")
+    await queue.apply_ack(1, 2, [], "now")
+    seen: list[tuple[bytes, int, int, int, int]] = []
+
+    def rewrite(plaintext: bytes, old_epoch: int, old_seq: int, new_epoch: int,
+                new_seq: int) -> tuple[bytes, None]:
+        seen.append((plaintext, old_epoch, old_seq, new_epoch, new_seq))
+        return plaintext + b"'", None
+
+    assert await queue.move_to_new_epoch(1, 3, rewrite) == 2
+    assert seen == [(b"4", 1, 4, 2, 1), (b"5", 1, 5, 2, 2)]
+    status = await queue.status()
+    assert (status.epoch, status.last_seq, status.acked_seq) == (2, 2, 0)
+    pending = await queue.read_pending(max_records=10, max_bytes=1 << 20)
+    assert (pending.epoch, pending.first_seq, pending.records) == (2, 1, (b"4'", b"5'"))
+    assert await queue.verify() == 5  # epoch 1 keeps 1..3, epoch 2 holds 2
+    assert await append(queue, b"6") == [3]
+    # A second call for the old epoch (another process got there first) moves nothing.
+    assert await queue.move_to_new_epoch(1, 3, rewrite) == 0
+    await queue.close()
+
+
+async def test_a_damaged_record_stops_the_move_and_changes_nothing(tmp_path: Path) -> None:
+    queue = await open_queue(tmp_path)
+    await append(queue, b"1", b"2", b"3")
+    await queue.close()
+    with sqlite3.connect(tmp_path / "queue.db") as db:
+        db.execute("UPDATE records SET ciphertext = randomblob(length(ciphertext)) WHERE seq = 3")
+    queue = await open_queue(tmp_path)
+    with pytest.raises(QueueCorrupt):
+        await queue.move_to_new_epoch(1, 1, lambda p, *_: (p, None))
+    status = await queue.status()
+    assert (status.epoch, status.last_seq) == (1, 3)
+    await queue.close()
+
+
+async def test_reidentified_dossiers_keep_answering_to_the_id_first_given(
+        tmp_path: Path) -> None:
+    from client.epochs import Reidentify
+    from protocol import (
+        DossierCreated,
+        StatusChanged,
+        decode_event,
+        derive_dossier_id,
+        encode_event,
+    )
+    from tests.support.dossiers import make_dossiers
+
+    queue = await open_queue(tmp_path)
+    dossiers = make_dossiers(2, seed=5)
+    own_id = "0b6f1c52-4cb5-4ad6-9a57-3bd3a1c0b8a1"
+
+    def build(numbers: list[int], epoch: int, first: int) -> list[tuple[bytes, str]]:
+        derived = derive_dossier_id(AGENT, epoch, first)
+        dossiers[0].update(id=derived, code="01234-261126-0001", status="received")
+        dossiers[1].update(id=own_id, code="01234-261126-0002", status="received")
+        return [(encode_event(DossierCreated(dossiers[0], derived_id=True)), derived),
+                (encode_event(DossierCreated(dossiers[1])), own_id)]
+
+    await queue.append(build)
+    first_id = derive_dossier_id(AGENT, 1, 1)
+    change = StatusChanged(first_id, "processing", "2026-11-26T10:00:00+07:00")
+    await append(queue, encode_event(change))
+
+    assert await queue.move_to_new_epoch(1, 0, Reidentify(AGENT)) == 3
+    new_id = derive_dossier_id(AGENT, 2, 1)
+    assert await queue.resolve_dossier(first_id) == new_id
+    assert await queue.resolve_dossier(new_id) == new_id
+    assert await queue.resolve_dossier(own_id) == own_id
+    assert await queue.resolve_dossier(derive_dossier_id(AGENT, 9, 9)) is None
+    records = [plaintext for _, plaintext in await queue.iter_plaintexts()]
+    created = decode_event(records[0], derived_id=new_id)
+    assert isinstance(created, DossierCreated) and created.derived_id
+    assert {k: v for k, v in created.dossier.items() if k != "id"} == {
+        k: v for k, v in decode_event(
+            encode_event(DossierCreated(dossiers[0], derived_id=True)),
+            derived_id=first_id).dossier.items() if k != "id"}
+    assert decode_event(records[1]).dossier_id == own_id  # an id of its own stays
+    moved_change = decode_event(records[2])
+    assert isinstance(moved_change, StatusChanged) and moved_change.dossier_id == new_id
+    await queue.close()

@@ -1263,7 +1263,14 @@ class Harness:
         ack = decode_ack(out.message, LIMITS)
         digest = batch_digest(env)
         hwm = w.hwm(agent, body.epoch)
-        fresh = max(0, body.last_seq - hwm)
+        # A conflict (a held seq with other bytes) stops the batch there: the
+        # agent's numbering diverged, so nothing after it is applied.
+        conflicts = [v.seq for v in ack.verdicts if v.code == "conflict"]
+        if len(conflicts) > 1 or any(seq > hwm or seq != max(v.seq for v in ack.verdicts)
+                                     for seq in conflicts):
+            problems.append(f"conflict verdicts {conflicts}: at most one, held, and last")
+        position = hwm if conflicts else max(hwm, body.last_seq)
+        fresh = position - hwm
         delta = {k: after[k] - before[k] for k in before}
         if body.first_seq > hwm + 1:
             problems.append(f"accepted a batch starting at {body.first_seq} beyond {hwm} + 1")
@@ -1271,7 +1278,7 @@ class Harness:
             problems.append(f"stored {delta['records']} records, expected {fresh}")
         if not 0 <= delta["dossiers"] <= fresh:
             problems.append(f"{delta['dossiers']} new dossiers from {fresh} new records")
-        expected = (agent.agent_id, body.epoch, max(hwm, body.last_seq), digest,
+        expected = (agent.agent_id, body.epoch, position, digest,
                     self.keys.current_id, self.keys.sealing_public())
         got = (ack.agent_id, ack.epoch, ack.acked_seq, ack.batch, ack.sealing_key_id,
                ack.sealing_key)
@@ -1283,7 +1290,9 @@ class Harness:
             problems.append(f"verdicts for seqs {seqs} in {body.first_seq}..{body.last_seq}")
         for offset, record in enumerate(body.records):  # an undecodable new record is held
             seq = body.first_seq + offset  # with a verdict
-            if seq > hwm and not _decodes(record, agent, body.epoch, seq) and seq not in seqs:
+            if seq > position or seq <= hwm:
+                continue
+            if not _decodes(record, agent, body.epoch, seq) and seq not in seqs:
                 problems.append(f"record {seq} does not decode but got no verdict")
         if digest in w.captured:  # a replay: the same answer, nothing new
             if ack.verdicts != w.captured[digest]:
@@ -1294,7 +1303,7 @@ class Harness:
             w.captured[digest] = ack.verdicts
             if len(w.replayable) < 400:
                 w.replayable.append(out.case.body)
-        w.positions[(agent.agent_id, body.epoch)] = max(hwm, body.last_seq)
+        w.positions[(agent.agent_id, body.epoch)] = position
         if delta["records"]:
             await self.refresh_ids()
 
