@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import secrets
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -49,7 +51,7 @@ from .enrollment import consume_token, rotate_agent_key
 from .errors import RequestError, StoreError
 from .ingest import ingest_batch, read_cursor
 from .keys import ServerKeys
-from .store import AgentRow, SqliteStore
+from .store import AgentRow, Store
 
 __all__ = ["CONFIG", "KEYS", "STORE", "make_app"]
 
@@ -57,11 +59,66 @@ log = logging.getLogger("syncd.app")
 CONFIG = web.AppKey("config", ServerConfig)
 DOCUMENTS = web.AppKey("documents", DocumentStore)
 KEYS = web.AppKey("keys", ServerKeys)
-STORE = web.AppKey("store", SqliteStore)
+STORE = web.AppKey("store", Store)
 LIMITER = web.AppKey("limiter", "RateLimiter")
+ADMISSION = web.AppKey("admission", "Admission")
 
 _STATUS_BY_CODE = {ErrorCode.TOO_LARGE: 413, ErrorCode.BAD_SIGNATURE: 401,
                    ErrorCode.UNSUPPORTED_VERSION: 400}
+
+
+class Admission:
+    """A bound on ingests in flight (batches and document chunks) in this process.
+
+    Beyond it a request is answered ``503 busy`` before its body is read, with
+    a ``Retry-After`` that grows with the crowd turned away in the last few
+    seconds and is drawn at random, so a reconnection storm spreads out and
+    drains instead of coming back all at once.
+    """
+
+    WINDOW_S = 5.0
+
+    def __init__(self, limit: int, rng: random.Random | None = None) -> None:
+        self.limit = limit
+        self.in_flight = 0
+        self.refused = 0  # since start, for figures
+        self._recent: deque[float] = deque()
+        self._rng = rng or random.Random()  # noqa: S311 - spreading retries, not secrecy
+
+    def try_enter(self, now: float) -> float | None:
+        """Take a place and return None, or return the seconds to wait."""
+        if self.in_flight < self.limit:
+            self.in_flight += 1
+            return None
+        self.refused += 1
+        self._recent.append(now)
+        while self._recent and self._recent[0] < now - self.WINDOW_S:
+            self._recent.popleft()
+        crowd = len(self._recent) / self.limit  # how many rounds of places are waiting
+        return float(self._rng.randint(1, max(1, min(30, round(1 + crowd)))))
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+
+
+_INGEST_PATHS = frozenset({"/v1/batches", "/v1/documents/chunk"})
+
+
+@web.middleware
+async def admission_middleware(request: web.Request,
+                               handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+                               ) -> web.StreamResponse:
+    if request.path not in _INGEST_PATHS:
+        return await handler(request)
+    admission = request.app[ADMISSION]
+    wait_s = admission.try_enter(time.monotonic())
+    if wait_s is not None:
+        raise RequestError(503, ErrorCode.BUSY, "the server is busy; retry later",
+                           retry_after_s=wait_s)
+    try:
+        return await handler(request)
+    finally:
+        admission.leave()
 
 
 class RateLimiter:
@@ -191,7 +248,8 @@ async def post_batch(request: web.Request) -> web.Response:
 async def post_cursor(request: web.Request) -> web.Response:
     agent, signed, _ = await _authenticate(request, "cursor")
     cursor = decode_cursor_request(signed, request.app[CONFIG].limits)
-    ack = await read_cursor(request.app[STORE], agent, cursor.epoch)
+    ack = await read_cursor(request.app[STORE], agent, cursor.epoch, cursor.heartbeat,
+                            cursor.agent_clock)
     return _reply(request, 200, encode_ack(_with_keys(request, ack)))
 
 
@@ -240,19 +298,24 @@ async def get_health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-def make_app(config: ServerConfig, store: SqliteStore, keys: ServerKeys,
+def make_app(config: ServerConfig, store: Store, keys: ServerKeys,
              documents_dir: Path | None = None) -> web.Application:
     """Build the application around an open store (the caller closes it).
 
     Documents are kept in ``documents_dir`` (default: beside the database).
     """
-    app = web.Application(middlewares=[errors_middleware],
+    app = web.Application(middlewares=[errors_middleware, admission_middleware],
                           client_max_size=config.max_body_bytes)
     app[CONFIG] = config
     app[STORE] = store
     app[KEYS] = keys
     app[LIMITER] = RateLimiter(config.rate_limit_per_s, config.rate_limit_burst)
-    app[DOCUMENTS] = DocumentStore(documents_dir or store.path.parent / "documents", store)
+    app[ADMISSION] = Admission(config.max_inflight_ingests)
+    if documents_dir is None:
+        if store.path is None:
+            raise ValueError("documents_dir is required with a PostgreSQL store")
+        documents_dir = store.path.parent / "documents"
+    app[DOCUMENTS] = DocumentStore(documents_dir, store)
     app.router.add_post("/v1/documents/status", post_doc_status)
     app.router.add_post("/v1/documents/chunk", post_doc_chunk)
     app.router.add_post("/v1/batches", post_batch)

@@ -28,7 +28,7 @@ from .enrollment import create_token
 from .errors import SetupError, SyncdError
 from .ingest import utc_now
 from .keys import ServerKeys
-from .store import SqliteStore
+from .store import Store, is_postgres_url, open_store
 from .tls import server_ssl_context
 
 __all__ = ["main"]
@@ -37,17 +37,25 @@ log = logging.getLogger("syncd")
 _COMMUNE = re.compile(r"\d{5}")
 
 
-async def _open_store(paths: ServerPaths) -> tuple[ServerConfig, SqliteStore]:
+def _db_url(args: argparse.Namespace) -> str | None:
+    url: str | None = args.db or os.environ.get("SYNCD_DB") or None
+    if url is not None and not is_postgres_url(url):
+        raise SetupError("--db must be a postgresql://… URL (without it: the SQLite database "
+                         "in the data directory)")
+    return url
+
+
+async def _open_store(paths: ServerPaths, url: str | None) -> tuple[ServerConfig, Store]:
     config = ServerConfig.load(paths)
-    if not paths.database.exists():
+    if url is None and not paths.database.exists():
         raise SetupError(f"database {paths.database.name} is missing in {paths.root}")
-    return config, await SqliteStore.open(paths.database)
+    return config, await open_store(paths.database, url)
 
 
 async def _with_store(args: argparse.Namespace,
-                      work: Callable[[ServerConfig, SqliteStore], Coroutine[Any, Any, int]]
+                      work: Callable[[ServerConfig, Store], Coroutine[Any, Any, int]]
                       ) -> int:
-    config, store = await _open_store(ServerPaths(args.data_dir))
+    config, store = await _open_store(ServerPaths(args.data_dir), _db_url(args))
     try:
         return await work(config, store)
     finally:
@@ -56,12 +64,15 @@ async def _with_store(args: argparse.Namespace,
 
 async def cmd_init(args: argparse.Namespace) -> int:
     paths = ServerPaths(args.data_dir)
+    url = _db_url(args)
     if paths.config.exists():
+        if url is not None:  # a copy of the data directory for another process: migrate
+            await (await open_store(paths.database, url)).close()
         print(f"{paths.root} is already initialised; nothing changed.", file=sys.stderr)
         return 0
     paths.root.mkdir(parents=True, exist_ok=True, mode=0o700)
     ServerKeys.create(paths.root)
-    store = await SqliteStore.open(paths.database)
+    store = await open_store(paths.database, url)
     await store.close()
     tmp = paths.config.with_suffix(".tmp")
     tmp.write_text(ServerConfig().to_json(), encoding="utf-8")
@@ -78,7 +89,7 @@ async def cmd_serve(args: argparse.Namespace) -> int:
         if not (args.tls_cert and args.tls_key):
             raise SetupError("--tls-cert and --tls-key go together")
         ssl_context = server_ssl_context(args.tls_cert, args.tls_key)
-    config, store = await _open_store(paths)
+    config, store = await _open_store(paths, _db_url(args))
     runner = web.AppRunner(make_app(config, store, keys, paths.root / "documents"),
                            access_log=None, shutdown_timeout=30)
     try:
@@ -113,7 +124,7 @@ async def cmd_enroll(args: argparse.Namespace) -> int:
         print("--expires-hours must be between 0 and 8760", file=sys.stderr)
         return 2
 
-    async def work(config: ServerConfig, store: SqliteStore) -> int:
+    async def work(config: ServerConfig, store: Store) -> int:
         ttl = config.token_ttl_hours if args.expires_hours is None else args.expires_hours
         print(await create_token(store, args.commune, args.name, ttl, keys.fingerprint))
         return 0
@@ -121,7 +132,7 @@ async def cmd_enroll(args: argparse.Namespace) -> int:
 
 
 async def cmd_revoke(args: argparse.Namespace) -> int:
-    async def work(config: ServerConfig, store: SqliteStore) -> int:
+    async def work(config: ServerConfig, store: Store) -> int:
         async with store.write() as txn:
             row = await txn.one("SELECT revoked_at FROM agents WHERE agent_id = ?", args.agent_id)
             if row is None:
@@ -150,7 +161,7 @@ def _print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
 
 
 async def cmd_dossiers(args: argparse.Namespace) -> int:
-    async def work(config: ServerConfig, store: SqliteStore) -> int:
+    async def work(config: ServerConfig, store: Store) -> int:
         rows = await store.dossiers(args.commune)
         if args.json:
             print(json.dumps(rows, ensure_ascii=False, indent=1))
@@ -163,19 +174,20 @@ async def cmd_dossiers(args: argparse.Namespace) -> int:
 
 
 async def cmd_agents(args: argparse.Namespace) -> int:
-    async def work(config: ServerConfig, store: SqliteStore) -> int:
+    async def work(config: ServerConfig, store: Store) -> int:
         rows = await store.agents()
         if args.json:
             print(json.dumps(rows, ensure_ascii=False, indent=1))
         else:
             _print_table(rows, ["agent_id", "commune_code", "name", "epoch", "acked_seq",
-                                "last_seen"])
+                                "last_seen", "queue_depth", "oldest_unsent_s", "quarantined",
+                                "agent_version", "clock_skew_s"])
         return 0
     return await _with_store(args, work)
 
 
 async def cmd_alerts(args: argparse.Namespace) -> int:
-    async def work(config: ServerConfig, store: SqliteStore) -> int:
+    async def work(config: ServerConfig, store: Store) -> int:
         rows = await store.alerts()
         if args.json:
             print(json.dumps(rows, ensure_ascii=False, indent=1))
@@ -186,7 +198,7 @@ async def cmd_alerts(args: argparse.Namespace) -> int:
 
 
 async def cmd_document(args: argparse.Namespace) -> int:
-    async def work(config: ServerConfig, store: SqliteStore) -> int:
+    async def work(config: ServerConfig, store: Store) -> int:
         rows = await store.read("SELECT complete FROM documents WHERE sha256 = ?", args.sha256)
         if not rows or not rows[0][0]:
             state = "not complete yet" if rows else "unknown"
@@ -210,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--data-dir", type=Path, default=None,
                         help="server data directory (default: $SYNCD_DATA_DIR or a per-user "
                              "folder)")
+    common.add_argument("--db", default=None, metavar="URL",
+                        help="PostgreSQL database, postgresql://user@host:port/name (default: "
+                             "$SYNCD_DB, else SQLite in the data directory)")
     parser = argparse.ArgumentParser(prog="syncd", description="commune-sync central server")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("init", parents=[common], help="create config, keys and database")

@@ -57,11 +57,14 @@ class ServerConfig:
     min_client_bytes_per_s: float = 1_000.0  # a 2G uplink does ~6,000
     rate_limit_per_s: float = 5.0  # requests per agent, sustained
     rate_limit_burst: float = 60.0
+    max_inflight_ingests: int = 64  # per process; beyond it 503 busy, before the body
     limits: Limits = field(init=False)
 
     def __post_init__(self) -> None:
         if self.max_body_bytes < 1024 or self.max_inflated_bytes < self.max_body_bytes:
             raise SetupError("syncd.json: body limits are too small or inconsistent")
+        if self.max_inflight_ingests < 1:
+            raise SetupError("syncd.json: max_inflight_ingests must be at least 1")
         object.__setattr__(self, "limits", Limits(
             max_body_bytes=self.max_body_bytes, max_inflated_bytes=self.max_inflated_bytes,
             max_records=self.max_records_per_batch))

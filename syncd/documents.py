@@ -22,7 +22,7 @@ from protocol.documents import DocChunk, DocState
 
 from .errors import RequestError
 from .ingest import utc_now
-from .store import SqliteStore
+from .store import Store
 
 __all__ = ["DocumentStore"]
 
@@ -59,7 +59,7 @@ def _finish(part: Path, final: Path) -> None:
 class DocumentStore:
     """Document files under ``root``, their state in ``store``."""
 
-    def __init__(self, root: Path, store: SqliteStore) -> None:
+    def __init__(self, root: Path, store: Store) -> None:
         self.root = root
         self._store = store
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -74,6 +74,7 @@ class DocumentStore:
             RequestError: the same hash was announced with another size.
         """
         async with self._store.write() as txn:
+            await txn.lock("document", sha256)
             row = await txn.one("SELECT size, received, complete FROM documents "
                                 "WHERE sha256 = ?", sha256)
             if row is None:

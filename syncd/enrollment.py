@@ -26,7 +26,7 @@ from protocol.signing import verify_enrollment, verify_envelope, verify_rotation
 
 from .errors import RequestError
 from .keys import ServerKeys
-from .store import AgentRow, SqliteStore
+from .store import AgentRow, Store
 
 __all__ = ["consume_token", "create_token", "rotate_agent_key"]
 
@@ -35,7 +35,7 @@ def _hash(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
 
-async def create_token(store: SqliteStore, commune_code: str, name: str | None,
+async def create_token(store: Store, commune_code: str, name: str | None,
                        ttl_hours: float, server_fingerprint: str) -> str:
     """A token ``cs1.<fingerprint>.<secret>``: 192 random bits, and the pin of the
     server's identity key so the agent trusts nothing else from first contact.
@@ -49,7 +49,7 @@ async def create_token(store: SqliteStore, commune_code: str, name: str | None,
     return token
 
 
-async def consume_token(store: SqliteStore, keys: ServerKeys,
+async def consume_token(store: Store, keys: ServerKeys,
                         request: EnrollRequest) -> EnrollReply:
     """Register ``request.public_key`` for the token's commune (idempotent per key)."""
     refused = RequestError(403, ErrorCode.INVALID_TOKEN,
@@ -61,6 +61,7 @@ async def consume_token(store: SqliteStore, keys: ServerKeys,
                            "proof of key possession does not verify") from exc
     now = datetime.now(UTC)
     async with store.write() as txn:
+        await txn.lock("token", _hash(request.token).hex())
         row = await txn.one("SELECT commune_code, name, expires_at, public_key, agent_id "
                             "FROM tokens WHERE token_hash = ?", _hash(request.token))
         if row is None:
@@ -77,6 +78,7 @@ async def consume_token(store: SqliteStore, keys: ServerKeys,
             raise refused
         if await txn.one("SELECT 1 FROM agents WHERE public_key = ?", request.public_key):
             raise RequestError(409, ErrorCode.INVALID_TOKEN, "this key is already enrolled")
+        await txn.lock("commune", commune)  # counter blocks are counted per commune
         count = (await txn.one("SELECT count(*) FROM agents WHERE commune_code = ?", commune))[0]
         if count > 9:
             raise RequestError(409, ErrorCode.INVALID_TOKEN,
@@ -93,7 +95,7 @@ async def consume_token(store: SqliteStore, keys: ServerKeys,
                        keys.sealing_public())
 
 
-async def rotate_agent_key(store: SqliteStore, agent: AgentRow, env: Envelope) -> None:
+async def rotate_agent_key(store: Store, agent: AgentRow, env: Envelope) -> None:
     """Switch ``agent`` to a new signing key (idempotent for a retried request).
 
     The envelope is signed by the current key (or, when the answer to an

@@ -25,6 +25,7 @@ from protocol import (
     DecodeError,
     DossierCreated,
     ErrorCode,
+    Heartbeat,
     ValidationError,
     Verdict,
     apply_event,
@@ -33,7 +34,7 @@ from protocol import (
 )
 
 from .errors import RequestError, StoreError
-from .store import AgentRow, SqliteStore, Txn
+from .store import AgentRow, Store, Txn
 
 __all__ = ["ingest_batch", "read_cursor", "utc_now"]
 
@@ -66,7 +67,7 @@ async def _apply_new(txn: Txn, agent: AgentRow, epoch: int, seq: int, data: byte
     return None, event.dossier_id
 
 
-async def ingest_batch(store: SqliteStore, agent: AgentRow, body: BatchBody,
+async def ingest_batch(store: Store, agent: AgentRow, body: BatchBody,
                        digest: bytes, now: str | None = None) -> Ack:
     """Apply ``body`` from ``agent`` (already authenticated) and return the ack.
 
@@ -77,6 +78,7 @@ async def ingest_batch(store: SqliteStore, agent: AgentRow, body: BatchBody,
     epoch = body.epoch
     verdicts: list[Verdict] = []
     async with store.write() as txn:
+        await txn.lock("agent", agent.agent_id)  # the same batch at two processes: once
         hwm = await txn.position(agent.agent_id, epoch)
         if body.first_seq > hwm + 1:
             raise RequestError(409, ErrorCode.GAP,
@@ -113,13 +115,14 @@ async def ingest_batch(store: SqliteStore, agent: AgentRow, body: BatchBody,
                 verdicts.append(Verdict(seq, *verdict))
             hwm = seq
         await txn.set_position(agent.agent_id, epoch, hwm, now)
-        await txn.touch_agent(agent.agent_id, now)
+        await txn.touch_agent(agent.agent_id, now, body.heartbeat, body.agent_clock)
     return Ack(agent.agent_id, epoch, hwm, tuple(verdicts), digest, now)
 
 
-async def read_cursor(store: SqliteStore, agent: AgentRow, epoch: int) -> Ack:
+async def read_cursor(store: Store, agent: AgentRow, epoch: int,
+                      heartbeat: Heartbeat | None = None, agent_clock: str | None = None) -> Ack:
     now = utc_now()
     async with store.write() as txn:
         hwm = await txn.position(agent.agent_id, epoch)
-        await txn.touch_agent(agent.agent_id, now)
+        await txn.touch_agent(agent.agent_id, now, heartbeat, agent_clock)
     return Ack(agent.agent_id, epoch, hwm, (), None, now)
