@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from protocol import derive_dossier_id, pack
 
+from .clock import wall_now
 from .errors import QueueCorrupt, SetupError
 
 __all__ = ["PendingBatch", "Queue", "QueueStatus", "Rewrite"]
@@ -77,7 +78,15 @@ _MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE dossier_index ADD COLUMN moved INTEGER NOT NULL DEFAULT 0
     """,
+    # When a record was appended, by the PC's clock: data for the heartbeat's
+    # "oldest unsent" only, never for ordering or expiry.
+    """
+    ALTER TABLE records ADD COLUMN queued_at REAL
+    """,
 )
+
+_INSERT_RECORD = ("INSERT INTO records (epoch, seq, nonce, ciphertext, chain, queued_at) "
+                  "VALUES (?, ?, ?, ?, ?, ?)")
 
 # Given a record's plaintext, its old (epoch, seq) and its new (epoch, seq),
 # returns the plaintext to store there and, for a record that creates a
@@ -166,6 +175,7 @@ class Queue:
         self._db = db
         self._sealer = sealer
         self._closed = False
+        self.path: Path | None = None
 
     @classmethod
     async def open(cls, path: Path, key: bytes, agent_id: str, *, create: bool = False,
@@ -188,6 +198,7 @@ class Queue:
             await db.execute("PRAGMA synchronous = FULL")
             await db.execute("PRAGMA secure_delete = ON")  # erased records leave no residue
             queue = cls(db, _Sealer(key, agent_id))
+            queue.path = path
             await queue._migrate(agent_id)
         except BaseException:
             await db.close()
@@ -268,8 +279,8 @@ class Queue:
             for plaintext, new_dossier_id in build(numbers, epoch, seq + 1):
                 seq += 1
                 nonce, ciphertext, prev = self._sealer.seal(epoch, seq, prev, plaintext)
-                await self._db.execute("INSERT INTO records VALUES (?, ?, ?, ?, ?)",
-                                       (epoch, seq, nonce, ciphertext, prev))
+                await self._db.execute(_INSERT_RECORD, (epoch, seq, nonce, ciphertext, prev,
+                                                        wall_now().timestamp()))
                 if new_dossier_id is not None:
                     await self._db.execute(
                         "INSERT INTO dossier_index (id_mac, epoch, seq) VALUES (?, ?, ?)",
@@ -332,20 +343,21 @@ class Queue:
                                    (epoch, keep_upto))
         prev = prev_row[0] if prev_row else self._sealer.genesis(epoch)
         async with self._db.execute(
-            "SELECT seq, nonce, ciphertext, chain FROM records WHERE epoch = ? AND seq > ? "
-            "ORDER BY seq", (epoch, keep_upto),
+            "SELECT seq, nonce, ciphertext, chain, queued_at FROM records "
+            "WHERE epoch = ? AND seq > ? ORDER BY seq", (epoch, keep_upto),
         ) as cursor:
             rows = list(await cursor.fetchall())
         new_prev, moved = self._sealer.genesis(new_epoch), 0
-        for expected, (seq, nonce, ciphertext, chain) in enumerate(rows, start=keep_upto + 1):
+        for expected, (seq, nonce, ciphertext, chain, queued_at) in enumerate(
+                rows, start=keep_upto + 1):
             if seq != expected:
                 raise QueueCorrupt(epoch, expected, "record missing")
             plaintext = self._sealer.open(epoch, seq, prev, (nonce, ciphertext, chain))
             prev, moved = chain, moved + 1
             plaintext, created = rewrite(plaintext, epoch, seq, new_epoch, moved)
             nonce, ciphertext, new_prev = self._sealer.seal(new_epoch, moved, new_prev, plaintext)
-            await self._db.execute("INSERT INTO records VALUES (?, ?, ?, ?, ?)",
-                                   (new_epoch, moved, nonce, ciphertext, new_prev))
+            await self._db.execute(_INSERT_RECORD, (new_epoch, moved, nonce, ciphertext,
+                                                    new_prev, queued_at))
             if created is not None:
                 old_id, new_id = created
                 await self._db.execute(
@@ -371,6 +383,16 @@ class Queue:
             "SELECT acked_seq, last_success, last_error FROM sync_state WHERE epoch = ?", (epoch,))
         refused = (await self._one("SELECT count(*) FROM verdicts WHERE epoch = ?", (epoch,)))[0]
         return QueueStatus(epoch, last_seq, acked, refused, success, error)
+
+    async def oldest_unsent_s(self) -> int | None:
+        """Age of the oldest unacknowledged record by the PC's clock (data only)."""
+        epoch = await self.epoch()
+        row = await self._one(
+            "SELECT min(r.queued_at) FROM records r JOIN sync_state s ON s.epoch = r.epoch "
+            "WHERE r.epoch = ? AND r.seq > s.acked_seq", (epoch,))
+        if row is None or row[0] is None:
+            return None
+        return max(0, int(wall_now().timestamp() - row[0]))
 
     async def read_pending(self, *, max_records: int, max_bytes: int) -> PendingBatch:
         """Read and check unacknowledged records, oldest first.

@@ -20,8 +20,11 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import importlib.metadata
 import logging
 import random
+import shutil
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
@@ -36,6 +39,7 @@ from protocol import (
     CursorRequest,
     DecodeError,
     ErrorCode,
+    Heartbeat,
 )
 from protocol.batches import encode_batch_body
 from protocol.compression import level_for_rate
@@ -64,12 +68,22 @@ from .epochs import Reidentify
 from .errors import AgentError, RefusedError, SyncError, TransportError
 from .lock import SyncLock
 from .pacing import LinkPacer, full_jitter
-from .queue import Queue
+from .queue import Queue, QueueStatus
 from .transport import HttpTransport, Reply
 
 __all__ = ["Stopped", "SyncEngine", "SyncLimits", "local_now_iso"]
 
 log = logging.getLogger("client.sync")
+
+
+def _agent_version() -> str:
+    try:
+        return "commune-sync " + importlib.metadata.version("commune-sync")
+    except importlib.metadata.PackageNotFoundError:
+        return "commune-sync (source)"
+
+
+_AGENT_VERSION = _agent_version()
 
 
 class Stopped(Exception):
@@ -194,6 +208,16 @@ class SyncEngine:
                                   retry_after_s=reply.retry_after_s)
         return RefusedError(err.code, err.message)
 
+    async def heartbeat(self, status: QueueStatus | None = None) -> Heartbeat:
+        """How this agent is doing, for the operators (no dossier content)."""
+        status = status or await self._queue.status()
+        free = None
+        if self._queue.path is not None:
+            with contextlib.suppress(OSError):
+                free = shutil.disk_usage(self._queue.path.parent).free
+        return Heartbeat(status.pending, await self._queue.oldest_unsent_s(), status.refused,
+                         free, _AGENT_VERSION)
+
     async def push_batch(self) -> int:
         """Send one batch of pending records; return how many are newly acked.
 
@@ -206,7 +230,8 @@ class SyncEngine:
             if pending.damaged is not None:
                 raise pending.damaged
             return 0
-        body = BatchBody(pending.epoch, pending.first_seq, pending.records, local_now_iso())
+        body = BatchBody(pending.epoch, pending.first_seq, pending.records, local_now_iso(),
+                         await self.heartbeat(before))
         raw = sum(len(r) for r in pending.records)
         signed = encode_batch_body(body, self._config.seal_to(),
                                    level=level_for_rate(self.pacer.rate_bps))
@@ -354,7 +379,8 @@ class SyncEngine:
     async def cursor(self) -> Ack:
         """Ask the server where this agent's current epoch stands."""
         epoch = await self._queue.epoch()
-        signed = encode_cursor_request(CursorRequest(epoch, local_now_iso()))
+        signed = encode_cursor_request(CursorRequest(epoch, local_now_iso(),
+                                                     await self.heartbeat()))
         reply, _ = await self._post("/v1/cursor", signed, "cursor")
         if reply.status != 200:
             raise self._refusal(reply)

@@ -39,6 +39,7 @@ from .messages import (
     EnrollRequest,
     Envelope,
     ErrorReply,
+    Heartbeat,
     Limits,
     Verdict,
 )
@@ -63,6 +64,7 @@ __all__ = [
     "Event",
     "FieldProblem",
     "FieldsChanged",
+    "Heartbeat",
     "Limits",
     "LocalProtocolError",
     "ProtocolError",

@@ -24,11 +24,14 @@ from .messages import (
     _MAX_SEQ,
     DEFAULT_LIMITS,
     PROTOCOL_VERSION,
+    Heartbeat,
     Limits,
     _closed,
     _get,
     _map,
     _seq,
+    heartbeat_from_wire,
+    heartbeat_to_wire,
 )
 from .sealing import batch_info, open_payload, seal_payload
 
@@ -44,6 +47,7 @@ class BatchBody:
     first_seq: int
     records: tuple[bytes, ...]
     agent_clock: str | None = None
+    heartbeat: Heartbeat | None = None
 
     @property
     def last_seq(self) -> int:
@@ -75,6 +79,7 @@ class SealedBatch:
     key_id: int
     sealed: bytes
     agent_clock: str | None
+    heartbeat: Heartbeat | None = None
 
 
 def encode_batch_body(body: BatchBody, seal: SealTo, *, level: int = 9) -> bytes:
@@ -95,17 +100,20 @@ def encode_batch_body(body: BatchBody, seal: SealTo, *, level: int = 9) -> bytes
     payload = compress(b"".join(body.records), level=level)
     sealed = seal_payload(payload, seal.public_key, batch_info(
         seal.agent_id, body.epoch, body.first_seq, len(body.records)))
-    return pack({"v": PROTOCOL_VERSION, "kind": "batch", "agent": seal.agent_id,
-                 "commune": seal.commune_code, "epoch": body.epoch,
-                 "first_seq": body.first_seq, "count": len(body.records), "codec": "zstd",
-                 "key_id": seal.key_id, "sealed": sealed, "agent_clock": body.agent_clock})
+    message = {"v": PROTOCOL_VERSION, "kind": "batch", "agent": seal.agent_id,
+               "commune": seal.commune_code, "epoch": body.epoch,
+               "first_seq": body.first_seq, "count": len(body.records), "codec": "zstd",
+               "key_id": seal.key_id, "sealed": sealed, "agent_clock": body.agent_clock}
+    if body.heartbeat is not None:
+        message["heartbeat"] = heartbeat_to_wire(body.heartbeat)
+    return pack(message)
 
 
 def decode_sealed_batch(data: bytes, limits: Limits = DEFAULT_LIMITS) -> SealedBatch:
     """Decode what a batch claims, without opening it."""
     obj = _map(data, "batch", limits.max_body_bytes)
     _closed(obj, {"agent", "commune", "epoch", "first_seq", "count", "codec", "key_id",
-                  "sealed", "agent_clock"})
+                  "sealed", "agent_clock", "heartbeat"})
     epoch, first_seq = _seq(obj, "epoch", 1), _seq(obj, "first_seq", 1)
     count = _seq(obj, "count", 1)
     if count > limits.max_records or first_seq + count - 1 > _MAX_SEQ:
@@ -114,7 +122,7 @@ def decode_sealed_batch(data: bytes, limits: Limits = DEFAULT_LIMITS) -> SealedB
         raise DecodeError(f"unknown codec {obj.get('codec')!r}")
     return SealedBatch(_get(obj, "agent", str), _get(obj, "commune", str), epoch, first_seq,
                        count, _seq(obj, "key_id"), _get(obj, "sealed", bytes),
-                       _get(obj, "agent_clock", str, optional=True))
+                       _get(obj, "agent_clock", str, optional=True), heartbeat_from_wire(obj))
 
 
 def open_batch(batch: SealedBatch, key: X25519PrivateKey,
@@ -128,4 +136,4 @@ def open_batch(batch: SealedBatch, key: X25519PrivateKey,
                                                          batch.first_seq, batch.count))
     inflated = decompress(payload, max_bytes=limits.max_inflated_bytes)
     records = split_concatenated(inflated, batch.count, max_bytes=limits.max_record_bytes)
-    return BatchBody(batch.epoch, batch.first_seq, records, batch.agent_clock)
+    return BatchBody(batch.epoch, batch.first_seq, records, batch.agent_clock, batch.heartbeat)

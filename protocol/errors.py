@@ -51,6 +51,7 @@ class ErrorCode(enum.StrEnum):
     UNKNOWN_DOSSIER = "unknown_dossier"  # event for a dossier the server never saw
     DUPLICATE_DOSSIER = "duplicate_dossier"  # dossier id already created elsewhere
     INTERNAL = "internal"
+    BUSY = "busy"
 
 
 class ProtocolError(Exception):

@@ -229,6 +229,48 @@ def decode_error(data: bytes, limits: Limits = DEFAULT_LIMITS) -> ErrorReply:
                       _get(obj, "acked_seq", int, optional=True))
 
 
+# -- heartbeat ---------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """How the agent is doing, sent with each batch and cursor request.
+
+    Operational figures only, never dossier content. The agent's clock
+    travels beside it (``agent_clock``); the server records the skew and
+    never trusts it.
+    """
+
+    queue_depth: int = 0  # records not yet acknowledged
+    oldest_unsent_s: int | None = None  # age of the oldest of them, by the PC's clock
+    quarantined: int = 0  # records the server refused (verdicts)
+    free_disk_bytes: int | None = None  # on the agent's data directory
+    agent_version: str | None = None
+
+
+def heartbeat_to_wire(hb: Heartbeat | None) -> dict[str, Any] | None:
+    if hb is None:
+        return None
+    return {k: v for k, v in (("depth", hb.queue_depth), ("oldest_s", hb.oldest_unsent_s),
+                              ("quarantined", hb.quarantined), ("free_disk", hb.free_disk_bytes),
+                              ("version", hb.agent_version)) if v is not None}
+
+
+def heartbeat_from_wire(obj: dict[str, Any]) -> Heartbeat | None:
+    hb = _get(obj, "heartbeat", dict, optional=True)
+    if hb is None:
+        return None
+    _closed(hb, {"depth", "oldest_s", "quarantined", "free_disk", "version"})
+
+    def count(key: str) -> int | None:
+        return None if hb.get(key) is None else _seq(hb, key)
+
+    version = _get(hb, "version", str, optional=True)
+    if version is not None and len(version) > 40:
+        raise DecodeError("heartbeat: version longer than 40 characters")
+    return Heartbeat(count("depth") or 0, count("oldest_s"), count("quarantined") or 0,
+                     count("free_disk"), version)
+
+
 # -- cursor ------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -237,17 +279,22 @@ class CursorRequest:
 
     epoch: int
     agent_clock: str | None = None
+    heartbeat: Heartbeat | None = None
 
 
 def encode_cursor_request(req: CursorRequest) -> bytes:
-    return pack({"v": PROTOCOL_VERSION, "kind": "cursor", "epoch": req.epoch,
-                 "agent_clock": req.agent_clock})
+    message = {"v": PROTOCOL_VERSION, "kind": "cursor", "epoch": req.epoch,
+               "agent_clock": req.agent_clock}
+    if req.heartbeat is not None:
+        message["heartbeat"] = heartbeat_to_wire(req.heartbeat)
+    return pack(message)
 
 
 def decode_cursor_request(data: bytes, limits: Limits = DEFAULT_LIMITS) -> CursorRequest:
     obj = _map(data, "cursor", limits.max_body_bytes)
-    _closed(obj, {"epoch", "agent_clock"})
-    return CursorRequest(_seq(obj, "epoch", 1), _get(obj, "agent_clock", str, optional=True))
+    _closed(obj, {"epoch", "agent_clock", "heartbeat"})
+    return CursorRequest(_seq(obj, "epoch", 1), _get(obj, "agent_clock", str, optional=True),
+                         heartbeat_from_wire(obj))
 
 
 # -- enrollment ------------------------------------------------------------------

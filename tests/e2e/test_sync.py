@@ -19,7 +19,7 @@ from protocol.messages import decode_ack, decode_error, encode_envelope
 from protocol.sealing import open_reply
 from protocol.signing import sign_envelope
 from tests.support.dossiers import make_dossiers
-from tests.support.procs import Server, agent, agent_status, enroll_agent
+from tests.support.procs import Server, agent, agent_status, enroll_agent, syncd
 from tests.support.proxy import LossyProxy
 
 
@@ -237,3 +237,19 @@ def test_agent_data_directory_holds_no_plaintext(server: Server, agent_dir: Path
             assert marker not in data, (path.name, marker)
     assert (agent_dir / "queue.key").stat().st_mode & 0o077 == 0
     assert (agent_dir / "agent.key").stat().st_mode & 0o077 == 0
+
+
+def test_each_sync_carries_a_heartbeat_and_the_server_records_the_clock_skew(
+        server: Server, agent_dir: Path, tmp_path: Path, monkeypatch: Any) -> None:
+    add(agent_dir, make_dossiers(3, seed=21), tmp_path)
+    monkeypatch.setenv("SYNC_AGENT_CLOCK_OFFSET_S", "-7200")  # the PC is two hours behind
+    agent("sync-now", "--data-dir", str(agent_dir), "--timeout", "30")
+    [row] = json.loads(syncd("agents", "--data-dir", str(server.data_dir), "--json").stdout)
+    assert (row["acked_seq"], row["queue_depth"], row["quarantined"]) == (3, 0, 0)
+    assert row["oldest_unsent_s"] is None  # nothing waits
+    assert row["agent_version"].startswith("commune-sync")
+    assert row["free_disk_bytes"] > 0
+    assert -7200 - 120 < row["clock_skew_s"] < -7200 + 120
+    assert row["heartbeat_at"] == row["last_seen"]
+    # The skew is recorded, never trusted: the dossiers arrived all the same.
+    assert len(server.dossiers()) == 3

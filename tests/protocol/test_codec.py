@@ -1816,3 +1816,24 @@ def test_spec_md_shows_these_known_answers() -> None:
                   SPEC_SEALING_PUBLIC, SPEC_NEW_PUBLIC, SPEC_ROTATION_PROOF,
                   SPEC_ENROLLED_SIGNATURE, SPEC_ACK_SIGNATURE, SPEC_GAP_SIGNATURE):
         assert value in flat, value
+
+
+def test_heartbeat_travels_with_batches_and_cursors_and_is_checked() -> None:
+    from protocol import BatchBody, Heartbeat, SealTo
+    from protocol.batches import decode_sealed_batch, encode_batch_body
+    from protocol.messages import CursorRequest, decode_cursor_request, encode_cursor_request
+
+    hb = Heartbeat(12, 3600, 1, 5 * 10**9, "commune-sync 0.1.0")
+    server_key = X25519PrivateKey.generate()
+    seal = SealTo("ag-1", "01234", 1,
+                  server_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+    body = BatchBody(1, 1, (pack({"t": "x"}),), "2026-11-26T10:00:00+07:00", hb)
+    assert decode_sealed_batch(encode_batch_body(body, seal)).heartbeat == hb
+    # Without one, the message is what it always was: no key at all.
+    plain = unpack(encode_batch_body(BatchBody(1, 1, (pack(1),)), seal), max_bytes=1 << 16)
+    assert "heartbeat" not in plain
+    assert decode_cursor_request(encode_cursor_request(CursorRequest(2, None, hb))).heartbeat == hb
+    for bad in ({"depth": -1}, {"depth": "3"}, {"secret": 1}, {"version": "x" * 41}):
+        message = pack({"v": 1, "kind": "cursor", "epoch": 1, "heartbeat": bad})
+        with pytest.raises(DecodeError):
+            decode_cursor_request(message)
