@@ -129,6 +129,7 @@ class SyncEngine:
         self._documents_checked: set[str] = set()
         self._failures = 0  # consecutive failed attempts since the last progress
         self._position_checked = False  # see _check_position
+        self._hold_until = 0.0  # no early probe before this (a server's Retry-After)
 
     def _check_stop(self) -> None:
         if self._stop is not None and self._stop.is_set():
@@ -145,7 +146,7 @@ class SyncEngine:
             if await self._queue.wake_token() != wake:
                 log.info("woken by sync-now")
                 return
-            if probe and now >= next_probe:
+            if probe and now >= max(next_probe, self._hold_until):
                 if await self._transport.probe(timeout_s=min(10.0, 4 * self.pacer.rtt_s + 2)):
                     log.info("link is back; sending now")
                     return
@@ -390,6 +391,8 @@ class SyncEngine:
         exc = state.outcome.exception() if state.outcome else None
         retry_after = getattr(exc, "retry_after_s", None)
         self._failures += 1
+        if retry_after is not None:  # the server asked for quiet: no probe cuts it short
+            self._hold_until = self._clock() + min(retry_after, self.limits.backoff_cap_s)
         return full_jitter(self._failures, self.limits.backoff_base_s,
                            self.limits.backoff_cap_s, self._rng, retry_after)
 

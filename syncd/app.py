@@ -62,9 +62,36 @@ KEYS = web.AppKey("keys", ServerKeys)
 STORE = web.AppKey("store", Store)
 LIMITER = web.AppKey("limiter", "RateLimiter")
 ADMISSION = web.AppKey("admission", "Admission")
+REQUESTS = web.AppKey("requests", "InFlight")
 
 _STATUS_BY_CODE = {ErrorCode.TOO_LARGE: 413, ErrorCode.BAD_SIGNATURE: 401,
                    ErrorCode.UNSUPPORTED_VERSION: 400}
+
+
+class InFlight:
+    """Requests being handled, so a shutdown can wait for them to finish."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def enter(self) -> None:
+        self.count += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self.count -= 1
+        if self.count == 0:
+            self._idle.set()
+
+    async def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until no request is in flight; False if ``timeout_s`` passed first."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
 
 
 class Admission:
@@ -156,6 +183,8 @@ async def errors_middleware(request: web.Request,
                             handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
                             ) -> web.StreamResponse:
     request_id = request.headers.get("X-Request-Id", "")[:64] or secrets.token_hex(6)
+    requests = request.app[REQUESTS]
+    requests.enter()
     try:
         response = await handler(request)
     except RequestError as exc:
@@ -176,6 +205,8 @@ async def errors_middleware(request: web.Request,
         log.exception("request %s failed", request_id)
         response = _error(request, 503, ErrorCode.INTERNAL, "server error; retry later",
                           **{"Retry-After": "5"})
+    finally:
+        requests.leave()
     response.headers["X-Request-Id"] = request_id
     return response
 
@@ -311,6 +342,7 @@ def make_app(config: ServerConfig, store: Store, keys: ServerKeys,
     app[KEYS] = keys
     app[LIMITER] = RateLimiter(config.rate_limit_per_s, config.rate_limit_burst)
     app[ADMISSION] = Admission(config.max_inflight_ingests)
+    app[REQUESTS] = InFlight()
     if documents_dir is None:
         if store.path is None:
             raise ValueError("documents_dir is required with a PostgreSQL store")

@@ -21,7 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .app import make_app
+from .app import REQUESTS, make_app
 from .config import ServerConfig, ServerPaths, default_data_dir
 from .documents import DocumentStore
 from .enrollment import create_token
@@ -35,6 +35,7 @@ __all__ = ["main"]
 
 log = logging.getLogger("syncd")
 _COMMUNE = re.compile(r"\d{5}")
+_SHUTDOWN_GRACE_S = 60.0  # the longest a batch body may take at the slowest allowed pace
 
 
 def _db_url(args: argparse.Namespace) -> str | None:
@@ -90,8 +91,8 @@ async def cmd_serve(args: argparse.Namespace) -> int:
             raise SetupError("--tls-cert and --tls-key go together")
         ssl_context = server_ssl_context(args.tls_cert, args.tls_key)
     config, store = await _open_store(paths, _db_url(args))
-    runner = web.AppRunner(make_app(config, store, keys, paths.root / "documents"),
-                           access_log=None, shutdown_timeout=30)
+    app = make_app(config, store, keys, paths.root / "documents")
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=30)
     try:
         await runner.setup()
         site = web.TCPSite(runner, args.host, args.port, reuse_address=True,
@@ -107,7 +108,13 @@ async def cmd_serve(args: argparse.Namespace) -> int:
         scheme = "https" if ssl_context else "http"
         print(f"syncd listening on {scheme}://{args.host}:{port}", flush=True)
         await stop.wait()
-        log.info("shutting down; finishing requests in flight")
+        # Stop listening, then let requests in flight finish, bodies included (a
+        # 2G upload takes most of a request's life), before connections close.
+        await site.stop()
+        log.info("shutting down; finishing requests in flight (%d)", app[REQUESTS].count)
+        if not await app[REQUESTS].wait_idle(_SHUTDOWN_GRACE_S):
+            log.warning("requests still in flight after %.0f s; closing them",
+                        _SHUTDOWN_GRACE_S)
     finally:
         await runner.cleanup()
         await store.close()

@@ -391,8 +391,11 @@ class SqliteStore(Store):
                 raise StoreError(f"store unavailable: {exc}") from exc
             try:
                 yield _SqliteTxn(self._db)
-            except BaseException:
-                await asyncio.shield(self._db.execute("ROLLBACK"))
+            except BaseException as exc:
+                if self._db.in_transaction:  # SQLite may have rolled back by itself
+                    await asyncio.shield(self._db.execute("ROLLBACK"))
+                if isinstance(exc, sqlite3.Error):
+                    raise StoreError(f"store unavailable: {exc}") from exc
                 raise
             try:
                 await asyncio.shield(self._db.execute("COMMIT"))
