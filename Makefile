@@ -20,7 +20,7 @@ lint: $(VENV)/.installed
 	$(BIN)/mypy protocol
 
 test: lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2 --dist loadfile
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

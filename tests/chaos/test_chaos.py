@@ -170,7 +170,7 @@ def test_shrinking_finds_the_two_faults_that_fail_together(tmp_path: Path) -> No
 def test_chaos_run_delivers_every_dossier_exactly_once(tmp_path: Path) -> None:
     config = ChaosConfig(seed=SEED, dossiers=1000, agents=3, agent_kills=22, agent_restarts=4,
                          server_kills=6, server_restarts=2, outages=10, lost_responses=8,
-                         clock_jumps=3)
+                         clock_jumps=3, duration_s=45.0)
     result, shrunk = run_and_shrink(config, workdir=tmp_path, shrink_budget_s=SHRINK_BUDGET_S,
                                     log=print)
     print(f"chaos seed {SEED} in {result.seconds:.1f} s:\n{format_figures(result.figures)}")

@@ -436,7 +436,7 @@ def test_hundred_lost_responses_in_a_row_store_no_record_twice(
         expected = add(data_dir, tmp_path / "first.json", make_dossiers(300, seed=1203))
         link.lose_responses(100)
         started = time.monotonic()
-        patient = procs.start("sync-now", "--data-dir", str(data_dir), "--timeout", "55")
+        patient = procs.start("sync-now", "--data-dir", str(data_dir), "--timeout", "100")
         impatient: list[subprocess.Popen[str]] = []
         outcomes: Counter[int] = Counter()
         refusals: list[str] = []
@@ -464,13 +464,13 @@ def test_hundred_lost_responses_in_a_row_store_no_record_twice(
                                              "--timeout", f"{rng.uniform(1.5, 3.5):.2f}"))
             return False
 
-        wait_until(losses_consumed, timeout_s=45, interval_s=0.05,
+        wait_until(losses_consumed, timeout_s=90, interval_s=0.05,
                    what="100 responses to be lost")
         flowing = time.monotonic()
         for proc in impatient:
             finish(proc, timeout_s=15)
         reap_impatient()
-        code, out, err = finish(patient, timeout_s=max(5.0, 60 - (time.monotonic() - started)))
+        code, out, err = finish(patient, timeout_s=max(5.0, 105 - (time.monotonic() - started)))
         converged = time.monotonic() - flowing
         assert code == 0, f"sync-now exited {code}\nstdout: {out}\nstderr: {err}"
         stats = link.stats()
