@@ -1,6 +1,7 @@
 """Documents on the server: resumable, content-addressed, verified before use.
 
-Files live in ``<data dir>/documents``: ``<sha256>.part`` while arriving,
+Files live in ``<data dir>/documents`` (one folder shared by every process
+when several ``syncd`` share a PostgreSQL store): ``<sha256>.part`` while arriving,
 ``<sha256>`` once complete. The store's ``documents`` table holds the
 acknowledged offset; the file is written and fsynced *before* the offset is
 committed, and truncated back to the committed offset before each append, so
@@ -20,7 +21,7 @@ from pathlib import Path
 from protocol import ErrorCode
 from protocol.documents import DocChunk, DocState
 
-from .errors import RequestError
+from .errors import RequestError, StoreError
 from .ingest import utc_now
 from .store import Store
 
@@ -32,6 +33,14 @@ _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
 def _append(path: Path, offset: int, data: bytes) -> None:
     with open(path, "a+b") as f:
+        held = f.seek(0, os.SEEK_END)
+        if held < offset:
+            # The store says more arrived than this folder holds: another syncd
+            # process took those chunks into its own folder. Refuse (retry later)
+            # rather than write a file with a hole in it.
+            raise StoreError(f"documents folder {path.parent} holds {held} of {offset} "
+                             "acknowledged bytes; several syncd processes need one shared "
+                             "documents folder")
         f.truncate(offset)
         f.seek(offset)
         f.write(data)

@@ -451,3 +451,26 @@ async def test_the_largest_epoch_and_seq_round_trip(store: Store, keys: ServerKe
     rows = await store.read("SELECT seq FROM records WHERE epoch = ? ORDER BY seq", MAX)
     assert rows == [(MAX - 3,), (MAX - 2,), (MAX - 1,), (MAX,)]
     assert {d["id"] for d in await store.dossiers()} == {dossier_id(1), dossier_id(2)}
+
+
+async def test_a_documents_folder_missing_acknowledged_bytes_refuses_instead_of_a_hole(
+        store: Store, tmp_path: Path) -> None:
+    """Two processes on one store, each with its own documents folder: the
+    second must not write a file with a hole where the first took a chunk."""
+    import hashlib
+
+    from protocol.documents import DocChunk
+    from syncd.documents import DocumentStore
+    from syncd.errors import StoreError
+
+    data = bytes(range(256)) * 64
+    sha = hashlib.sha256(data).hexdigest()
+    first, second = DocumentStore(tmp_path / "a", store), DocumentStore(tmp_path / "b", store)
+    status, state = await first.put_chunk(DocChunk(sha, len(data), 0, data[:4096]))
+    assert (status, state.offset) == (200, 4096)
+    with pytest.raises(StoreError, match="shared"):
+        await second.put_chunk(DocChunk(sha, len(data), 4096, data[4096:]))
+    assert (await second.state(sha, len(data))).offset == 4096  # nothing counted
+    status, state = await first.put_chunk(DocChunk(sha, len(data), 4096, data[4096:]))
+    assert (status, state.complete) == (200, True)
+    assert (tmp_path / "a" / sha).read_bytes() == data
