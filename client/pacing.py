@@ -78,12 +78,14 @@ class LinkPacer:
 
 def full_jitter(attempt: int, base_s: float, cap_s: float, rng: random.Random,
                 retry_after_s: float | None = None) -> float:
-    """Full-jitter exponential backoff; a server's ``Retry-After`` (capped) is a floor.
+    """Full-jitter exponential backoff, or, when the server said when to come
+    back (``Retry-After``, capped), that time plus up to 20 % jitter.
 
-    ``attempt`` counts from 1.
+    A server that answers with ``Retry-After`` is up and spreading its callers
+    itself (``503 busy`` in a reconnection storm): growing the wait on top of
+    it would only leave it idle while agents sleep. ``attempt`` counts from 1.
     """
-    ceiling = min(cap_s, base_s * 2 ** min(attempt - 1, 32))
-    wait = rng.uniform(0, ceiling)
     if retry_after_s is not None:
-        wait = max(wait, min(retry_after_s, cap_s) * rng.uniform(1.0, 1.2))
-    return float(min(wait, cap_s * 1.2))
+        return float(min(retry_after_s, cap_s) * rng.uniform(1.0, 1.2))
+    ceiling = min(cap_s, base_s * 2 ** min(attempt - 1, 32))
+    return float(rng.uniform(0, ceiling))

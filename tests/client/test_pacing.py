@@ -57,3 +57,7 @@ def test_retry_after_is_honoured_and_capped() -> None:
     rng = random.Random(2)
     assert all(full_jitter(1, 1.0, 60.0, rng, retry_after_s=20) >= 20 for _ in range(100))
     assert all(full_jitter(1, 1.0, 60.0, rng, retry_after_s=3600) <= 72 for _ in range(100))
+    # Many failures in a row do not stretch a server's Retry-After (a storm
+    # drains at the pace the server sets), but the jitter still spreads callers.
+    waits = [full_jitter(30, 1.0, 60.0, rng, retry_after_s=3) for _ in range(200)]
+    assert all(3 <= w <= 3.6 for w in waits) and max(waits) - min(waits) > 0.3
