@@ -30,25 +30,35 @@ def _reject_ext(code: int, data: bytes) -> Any:
     raise DecodeError(f"msgpack ext type {code} is not allowed")
 
 
+_SCALARS = frozenset({type(None), bool, int, float, str, bytes})
+
+
 def _check_plain(obj: Any, depth: int) -> None:
-    if depth > MAX_DEPTH:
+    """Only plain types below ``obj`` (map keys are checked by :func:`_pairs`),
+    nested at most :data:`MAX_DEPTH` deep. Exact types: msgpack builds no subclasses."""
+    kind = type(obj)
+    if kind is dict:
+        values: Any = obj.values()
+    elif kind is list:
+        values = obj
+    elif kind in _SCALARS:
+        return
+    else:
+        raise DecodeError(f"value of type {kind.__name__} is not allowed")
+    if depth > MAX_DEPTH or (depth == MAX_DEPTH and values):  # a child would be too deep
         raise DecodeError("message nested too deeply")
-    if isinstance(obj, dict):
-        for key, value in obj.items():
-            if not isinstance(key, str):
-                raise DecodeError("map keys must be strings")
+    for value in values:
+        if type(value) not in _SCALARS:
             _check_plain(value, depth + 1)
-    elif isinstance(obj, list):
-        for item in obj:
-            _check_plain(item, depth + 1)
-    elif obj is not None and not isinstance(obj, bool | int | float | str | bytes):
-        raise DecodeError(f"value of type {type(obj).__name__} is not allowed")
 
 
 def _pairs(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
     obj = dict(pairs)
     if len(obj) != len(pairs):
         raise DecodeError("duplicate map key")
+    for key in obj:
+        if type(key) is not str:
+            raise DecodeError("map keys must be strings")
     return obj
 
 

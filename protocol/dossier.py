@@ -67,6 +67,9 @@ _MAX_DOCUMENT = 200 * 1024 * 1024
 _PHONE = re.compile(r"\+?\d{8,15}", re.ASCII)
 _EMAIL = re.compile(r"[^@\s]{1,64}@[^@\s]{1,255}\.[^@\s]{1,63}")
 _MAX_LIST = 200
+# Unicode category Cc is exactly these 65 code points; multiline text may hold \n and \t.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+_CONTROL_MULTILINE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 _MAX_VND = 10**12
 
 
@@ -115,8 +118,7 @@ class _Checker:
         if len(value) > max_len:
             self.fail(path, f"dài quá {max_len} ký tự", f"longer than {max_len} characters")
             return None
-        allowed = "\n\t" if multiline else ""
-        if any(unicodedata.category(c) == "Cc" and c not in allowed for c in value):
+        if (_CONTROL_MULTILINE if multiline else _CONTROL).search(value):
             self.fail(path, "chứa ký tự điều khiển", "contains control characters")
             return None
         return value

@@ -25,6 +25,7 @@ from protocol import (
     DecodeError,
     DossierCreated,
     ErrorCode,
+    Event,
     Heartbeat,
     ValidationError,
     Verdict,
@@ -34,7 +35,7 @@ from protocol import (
 )
 
 from .errors import RequestError, StoreError
-from .store import AgentRow, Store, Txn
+from .store import AgentRow, HeldDossier, NewRecord, Store
 
 __all__ = ["ingest_batch", "read_cursor", "utc_now"]
 
@@ -43,77 +44,105 @@ def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
-async def _apply_new(txn: Txn, agent: AgentRow, epoch: int, seq: int, data: bytes, now: str
-                     ) -> tuple[tuple[str, str] | None, str | None]:
-    """Apply one new record; return (verdict or None, dossier id)."""
+def _decode(agent_id: str, epoch: int, seq: int, data: bytes) -> Event | tuple[str, str]:
+    """Record bytes to an event, or the verdict refusing them (pure: done
+    before the transaction, so no lock is held while it runs)."""
     try:
-        event = decode_event(data, derived_id=derive_dossier_id(agent.agent_id, epoch, seq))
+        return decode_event(data, derived_id=derive_dossier_id(agent_id, epoch, seq))
     except (DecodeError, ValidationError) as exc:
-        return (str(ErrorCode.INVALID_RECORD), str(exc)[:500]), None
-    current = await txn.dossier(event.dossier_id)
+        return str(ErrorCode.INVALID_RECORD), str(exc)[:500]
+
+
+def _apply(agent: AgentRow, event: Event, dossiers: dict[str, HeldDossier | None]
+           ) -> tuple[str, str] | None:
+    """Apply ``event`` to ``dossiers`` (this batch's view); return its verdict, if refused."""
+    current = dossiers.get(event.dossier_id)
     if isinstance(event, DossierCreated):
         if current is not None:
-            return (str(ErrorCode.DUPLICATE_DOSSIER),
-                    "a dossier with this id already exists"), event.dossier_id
-    elif current is None or current[2] != agent.commune_code:
-        return (str(ErrorCode.UNKNOWN_DOSSIER), "no such dossier for this commune"), \
-            event.dossier_id
+            return str(ErrorCode.DUPLICATE_DOSSIER), "a dossier with this id already exists"
+    elif current is None or current.commune_code != agent.commune_code:
+        return str(ErrorCode.UNKNOWN_DOSSIER), "no such dossier for this commune"
     try:
-        state = apply_event(current[0] if current else None, event)
+        state = apply_event(current.state if current else None, event)
     except ValidationError as exc:
-        return (str(ErrorCode.INVALID_RECORD), str(exc)[:500]), event.dossier_id
-    owner = current[1] if current else agent.agent_id
-    await txn.put_dossier(state, owner, agent.commune_code, now)
-    return None, event.dossier_id
+        return str(ErrorCode.INVALID_RECORD), str(exc)[:500]
+    dossiers[event.dossier_id] = HeldDossier(state, current.owner if current else agent.agent_id,
+                                             agent.commune_code)
+    return None
 
 
 async def ingest_batch(store: Store, agent: AgentRow, body: BatchBody,
                        digest: bytes, now: str | None = None) -> Ack:
     """Apply ``body`` from ``agent`` (already authenticated) and return the ack.
 
+    A handful of statements per batch, whatever its size: the records held
+    already are read in one range, the dossiers the new ones touch in one
+    lookup (and locked together), and the writes go as one statement each.
+
     Raises:
         RequestError: 409 ``gap`` carrying the server's position.
     """
     now = now or utc_now()
-    epoch = body.epoch
+    epoch, first = body.epoch, body.first_seq
+    hashes = [hashlib.sha256(data).digest() for data in body.records]
+    # Decoded before the transaction, so this CPU work overlaps another batch's
+    # commit instead of holding the store (a replayed record is decoded for nothing).
+    decoded = [_decode(agent.agent_id, epoch, seq, data)
+               for seq, data in enumerate(body.records, start=first)]
     verdicts: list[Verdict] = []
     async with store.write() as txn:
         await txn.lock("agent", agent.agent_id)  # the same batch at two processes: once
         hwm = await txn.position(agent.agent_id, epoch)
-        if body.first_seq > hwm + 1:
+        if first > hwm + 1:
             raise RequestError(409, ErrorCode.GAP,
-                               f"batch starts at {body.first_seq}; server holds up to {hwm}",
+                               f"batch starts at {first}; server holds up to {hwm}",
                                epoch=epoch, acked_seq=hwm)
-        for offset, data in enumerate(body.records):
-            seq = body.first_seq + offset
-            digest_record = hashlib.sha256(data).digest()
-            if seq <= hwm:
-                stored = await txn.record(agent.agent_id, epoch, seq)
-                if stored is None:  # a position without its record: the store is damaged
-                    raise StoreError(f"record {seq} missing below position {hwm}")
-                if stored.hash != digest_record:
-                    verdicts.append(Verdict(seq, ErrorCode.CONFLICT,
-                                            "same seq already held with different content"))
-                    await txn.add_alert(
-                        ErrorCode.CONFLICT, agent.agent_id, epoch, seq,
-                        "record resent with different content; stored record kept",
-                        hashlib.sha256(b"conflict" + agent.agent_id.encode() +
-                                       epoch.to_bytes(8) + seq.to_bytes(8) +
-                                       digest_record).digest(), now)
-                    # The agent's records from here on are not the ones held
-                    # (a restored or cloned queue): apply none of them, so an
-                    # event never lands on the dossier another record created.
-                    break
-                if stored.verdict_code is not None:
-                    verdicts.append(Verdict(seq, stored.verdict_code,
-                                            stored.verdict_message or ""))
-                continue
-            verdict, dossier_id = await _apply_new(txn, agent, epoch, seq, data, now)
-            await txn.insert_record(agent.agent_id, epoch, seq, digest_record, data, now,
-                                    verdict, dossier_id)
-            if verdict is not None:
-                verdicts.append(Verdict(seq, *verdict))
-            hwm = seq
+        last = first + len(body.records) - 1
+        held = await txn.records(agent.agent_id, epoch, first, min(hwm, last)) \
+            if first <= hwm else {}
+        for seq in range(first, min(hwm, last) + 1):
+            stored = held.get(seq)
+            if stored is None:  # a position without its record: the store is damaged
+                raise StoreError(f"record {seq} missing below position {hwm}")
+            if stored.hash != hashes[seq - first]:
+                verdicts.append(Verdict(seq, ErrorCode.CONFLICT,
+                                        "same seq already held with different content"))
+                await txn.add_alert(
+                    ErrorCode.CONFLICT, agent.agent_id, epoch, seq,
+                    "record resent with different content; stored record kept",
+                    hashlib.sha256(b"conflict" + agent.agent_id.encode() +
+                                   epoch.to_bytes(8) + seq.to_bytes(8) +
+                                   hashes[seq - first]).digest(), now)
+                # The agent's records from here on are not the ones held (a
+                # restored or cloned queue): apply none of them, so an event
+                # never lands on the dossier another record created.
+                last = hwm
+                break
+            if stored.verdict_code is not None:
+                verdicts.append(Verdict(seq, stored.verdict_code, stored.verdict_message or ""))
+        if last > hwm:
+            fresh = decoded[hwm + 1 - first:last + 1 - first]
+            touched = [e.dossier_id for e in fresh if not isinstance(e, tuple)]
+            dossiers: dict[str, HeldDossier | None] = dict(await txn.dossiers_for(touched))
+            changed: dict[str, None] = {}
+            rows: list[NewRecord] = []
+            for seq, event in enumerate(fresh, start=hwm + 1):
+                dossier_id = None
+                if isinstance(event, tuple):
+                    verdict: tuple[str, str] | None = event
+                else:
+                    dossier_id = event.dossier_id
+                    verdict = _apply(agent, event, dossiers)
+                    if verdict is None:
+                        changed[dossier_id] = None
+                if verdict is not None:
+                    verdicts.append(Verdict(seq, *verdict))
+                code, message = verdict or (None, None)
+                rows.append(NewRecord(agent.agent_id, epoch, seq, hashes[seq - first],
+                                      body.records[seq - first], now, code, message, dossier_id))
+            await txn.insert_records(rows)
+            await txn.put_dossiers([d for i in changed if (d := dossiers[i]) is not None], now)
+            hwm = last
         await txn.set_position(agent.agent_id, epoch, hwm, now)
         await txn.touch_agent(agent.agent_id, now, body.heartbeat, body.agent_clock)
     return Ack(agent.agent_id, epoch, hwm, tuple(verdicts), digest, now)

@@ -26,22 +26,22 @@ import json
 import re
 import sqlite3
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, TypeVar
 
-import aiosqlite
 import asyncpg
 
 from protocol import Heartbeat
 
 from .errors import StoreError
 
-__all__ = ["AgentRow", "PostgresStore", "SqliteStore", "Store", "StoredRecord", "Txn",
-           "open_store"]
+__all__ = ["AgentRow", "HeldDossier", "NewRecord", "PostgresStore", "SqliteStore", "Store",
+           "StoredRecord", "Txn", "open_store"]
 
 _MIGRATIONS: tuple[str, ...] = (
     """
@@ -118,6 +118,31 @@ class AgentRow:
     previous_key: bytes | None = None
 
 
+class NewRecord(NamedTuple):
+    """A row of ``records``, in the table's column order."""
+
+    agent_id: str
+    epoch: int
+    seq: int
+    hash: bytes
+    data: bytes
+    received_at: str
+    verdict_code: str | None
+    verdict_message: str | None
+    dossier_id: str | None
+
+
+@dataclass(frozen=True)
+class HeldDossier:
+    state: dict[str, Any]
+    owner: str
+    commune_code: str
+
+
+_T = TypeVar("_T")
+_IN_CHUNK = 500  # ids per ``IN (…)`` list: far below either backend's parameter limit
+
+
 @dataclass(frozen=True)
 class StoredRecord:
     hash: bytes
@@ -140,9 +165,23 @@ class Txn(ABC):
         """Execute ``sql``."""
 
     @abstractmethod
+    async def all(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        """Every row of ``sql``."""
+
+    @abstractmethod
+    async def many(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        """Execute ``sql`` once per row of arguments (one round trip where the
+        backend allows)."""
+
+    @abstractmethod
     async def lock(self, kind: str, key: str) -> None:
         """Serialise this transaction with every other one that locks the same
         (kind, key) until it ends."""
+
+    async def lock_many(self, kind: str, keys: Collection[str]) -> None:
+        """:meth:`lock` each key, in one order every transaction shares."""
+        for key in sorted(set(keys)):
+            await self.lock(kind, key)
 
     async def position(self, agent_id: str, epoch: int) -> int:
         row = await self.one("SELECT acked_seq FROM positions WHERE agent_id = ? AND epoch = ?",
@@ -155,33 +194,56 @@ class Txn(ABC):
             "DO UPDATE SET acked_seq = excluded.acked_seq, updated_at = excluded.updated_at",
             agent_id, epoch, seq, now)
 
-    async def record(self, agent_id: str, epoch: int, seq: int) -> StoredRecord | None:
-        row = await self.one("SELECT hash, verdict_code, verdict_message FROM records "
-                             "WHERE agent_id = ? AND epoch = ? AND seq = ?", agent_id, epoch, seq)
-        return StoredRecord(*row) if row else None
+    async def records(self, agent_id: str, epoch: int, low: int, high: int
+                      ) -> dict[int, StoredRecord]:
+        """The records held for seqs ``low``..``high``, by seq."""
+        rows = await self.all("SELECT seq, hash, verdict_code, verdict_message FROM records "
+                              "WHERE agent_id = ? AND epoch = ? AND seq BETWEEN ? AND ?",
+                              agent_id, epoch, low, high)
+        return {int(seq): StoredRecord(bytes(digest), code, message)
+                for seq, digest, code, message in rows}
+
+    async def insert_records(self, rows: list[NewRecord]) -> None:
+        if rows:
+            await self.many("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                            [tuple(row) for row in rows])
 
     async def insert_record(self, agent_id: str, epoch: int, seq: int, digest: bytes,
                             data: bytes, now: str, verdict: tuple[str, str] | None,
                             dossier_id: str | None) -> None:
         code, message = verdict or (None, None)
-        await self.run("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                       agent_id, epoch, seq, digest, data, now, code, message, dossier_id)
+        await self.insert_records([NewRecord(agent_id, epoch, seq, digest, data, now, code,
+                                             message, dossier_id)])
 
-    async def dossier(self, dossier_id: str) -> tuple[dict[str, Any], str, str] | None:
-        """The dossier's state, owner and commune; locked until this transaction ends."""
-        await self.lock("dossier", dossier_id)
-        row = await self.one("SELECT data, agent_id, commune_code FROM dossiers WHERE id = ?",
-                             dossier_id)
-        return (json.loads(row[0]), row[1], row[2]) if row else None
+    async def dossiers_for(self, ids: Collection[str]) -> dict[str, HeldDossier]:
+        """The held dossiers among ``ids`` (state, owner, commune), each locked
+        until this transaction ends."""
+        wanted = sorted(set(ids))
+        await self.lock_many("dossier", wanted)
+        out: dict[str, HeldDossier] = {}
+        for start in range(0, len(wanted), _IN_CHUNK):
+            chunk = wanted[start:start + _IN_CHUNK]
+            marks = ", ".join("?" * len(chunk))  # placeholders only; the ids are arguments
+            sql = f"SELECT id, data, agent_id, commune_code FROM dossiers WHERE id IN ({marks})"  # noqa: S608
+            for dossier_id, data, owner, commune in await self.all(sql, *chunk):
+                out[dossier_id] = HeldDossier(json.loads(data), owner, commune)
+        return out
 
-    async def put_dossier(self, state: dict[str, Any], agent_id: str, commune_code: str,
-                          now: str) -> None:
-        await self.run(
+    async def put_dossiers(self, dossiers: list[HeldDossier], now: str) -> None:
+        """Insert or replace each dossier's state (its owner and commune are kept
+        when it exists)."""
+        if not dossiers:
+            return
+        await self.many(
             "INSERT INTO dossiers VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
             "code = excluded.code, status = excluded.status, data = excluded.data, "
             "updated_at = excluded.updated_at",
-            state["id"], agent_id, commune_code, state["code"], state["status"],
-            json.dumps(state, ensure_ascii=False, sort_keys=True), now)
+            [(d.state["id"], d.owner, d.commune_code, d.state["code"], d.state["status"],
+              json.dumps(d.state, ensure_ascii=False, sort_keys=True), now) for d in dossiers])
+
+    async def put_dossier(self, state: dict[str, Any], agent_id: str, commune_code: str,
+                          now: str) -> None:
+        await self.put_dossiers([HeldDossier(state, agent_id, commune_code)], now)
 
     async def add_alert(self, kind: str, agent_id: str | None, epoch: int | None,
                         seq: int | None, detail: str, fingerprint: bytes, now: str) -> None:
@@ -219,19 +281,71 @@ def _skew_s(agent_clock: str | None, now: str) -> float | None:
     return round((agent - datetime.fromisoformat(now)).total_seconds(), 3)
 
 
+class _SqliteThread:
+    """One SQLite connection, used only from its own thread: each call runs
+    there, in order, as one hop from the event loop."""
+
+    def __init__(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="syncd-sqlite")
+        self._conn: sqlite3.Connection | None = None
+
+    async def call(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        def run() -> _T:
+            assert self._conn is not None
+            return fn(self._conn)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, run)
+
+    async def connect(self, path: Path) -> None:
+        def connect() -> None:
+            self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        await asyncio.get_running_loop().run_in_executor(self._executor, connect)
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self.call(sqlite3.Connection.close)
+        self._executor.shutdown(wait=True)
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    if conn.in_transaction:  # SQLite may have rolled back by itself
+        conn.execute("ROLLBACK")
+
+
 class _SqliteTxn(Txn):
-    def __init__(self, db: aiosqlite.Connection) -> None:
-        self._db = db
+    """Writes are staged and sent with the next read or with the commit, so a
+    batch costs a few hops to the connection's thread, not one per statement
+    (a staged write that fails fails the transaction all the same)."""
+
+    def __init__(self, thread: _SqliteThread) -> None:
+        self._thread = thread
+        self._staged: list[tuple[str, Any, bool]] = [("BEGIN IMMEDIATE", (), False)]
+
+    def _then(self, fn: Callable[[sqlite3.Connection], _T]) -> Awaitable[_T]:
+        staged, self._staged = self._staged, []
+
+        def run(conn: sqlite3.Connection) -> _T:
+            for sql, args, many in staged:
+                (conn.executemany if many else conn.execute)(sql, args).close()
+            return fn(conn)
+        return self._thread.call(run)
 
     async def one(self, sql: str, *args: Any) -> Any:
-        async with self._db.execute(sql, args) as cursor:
-            return await cursor.fetchone()
+        return await self._then(lambda conn: conn.execute(sql, args).fetchone())
+
+    async def all(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        return await self._then(lambda conn: conn.execute(sql, args).fetchall())
 
     async def run(self, sql: str, *args: Any) -> None:
-        await self._db.execute(sql, args)
+        self._staged.append((sql, args, False))
+
+    async def many(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        self._staged.append((sql, rows, True))
 
     async def lock(self, kind: str, key: str) -> None:
         return None  # one connection, one transaction at a time: already serialised
+
+    async def commit(self) -> None:
+        await self._then(lambda conn: conn.execute("COMMIT").close())
 
 
 _PLACEHOLDER = re.compile(r"\?")
@@ -252,12 +366,26 @@ class _PgTxn(Txn):
         row = await self._conn.fetchrow(_pg_sql(sql), *args)
         return None if row is None else tuple(row)
 
+    async def all(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        return [tuple(row) for row in await self._conn.fetch(_pg_sql(sql), *args)]
+
     async def run(self, sql: str, *args: Any) -> None:
         await self._conn.execute(_pg_sql(sql), *args)
 
+    async def many(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        await self._conn.executemany(_pg_sql(sql), rows)
+
     async def lock(self, kind: str, key: str) -> None:
-        await self._conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
-                                 f"{kind}:{key}")
+        await self.lock_many(kind, (key,))
+
+    async def lock_many(self, kind: str, keys: Collection[str]) -> None:
+        """One statement taking every lock, in the order of their hashes (the
+        order any other transaction takes them in)."""
+        if keys:
+            await self._conn.execute(
+                "SELECT pg_advisory_xact_lock(k) FROM (SELECT DISTINCT "
+                "hashtextextended($1 || x, 0) AS k FROM unnest($2::text[]) AS x ORDER BY k) AS s",
+                f"{kind}:", list(keys))
 
 
 class Store(ABC):
@@ -322,63 +450,67 @@ class Store(ABC):
 
 
 class SqliteStore(Store):
-    """The SQLite store in ``path``: one connection, transactions one at a time."""
+    """The SQLite store in ``path``: one connection writes, transactions one at
+    a time; another reads (WAL: a read sees the last commit and waits for no write)."""
 
-    def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
-        self._db = db
+    def __init__(self, thread: _SqliteThread, path: Path) -> None:
+        self._thread = thread
+        self._reader: _SqliteThread | None = None
         self.path = path
         self._lock = asyncio.Lock()
         self._closed = False
 
     @classmethod
     async def open(cls, path: Path) -> SqliteStore:
-        db = await aiosqlite.connect(path, isolation_level=None)
+        thread = _SqliteThread()
+        store = cls(thread, path)
         try:
-            await db.execute("PRAGMA busy_timeout = 30000")
-            await db.execute("PRAGMA journal_mode = WAL")
-            await db.execute("PRAGMA synchronous = FULL")
-            store = cls(db, path)
+            await thread.connect(path)
+            await thread.call(lambda conn: conn.executescript(
+                "PRAGMA busy_timeout = 30000; PRAGMA journal_mode = WAL; "
+                "PRAGMA synchronous = FULL"))
             async with store.write() as txn:  # migrations, recorded in their transaction
                 version = (await txn.one("PRAGMA user_version"))[0]
                 for number, script in enumerate(_MIGRATIONS[version:], start=version + 1):
                     for statement in filter(str.strip, script.split(";")):
                         await txn.run(statement)
                     await txn.run(f"PRAGMA user_version = {number}")
+            store._reader = reader = _SqliteThread()
+            await reader.connect(path)
+            await reader.call(lambda conn: conn.executescript(
+                "PRAGMA busy_timeout = 30000; PRAGMA query_only = 1"))
         except BaseException:
-            await db.close()
+            await store.close()
             raise
         return store
 
     async def close(self) -> None:
         if not self._closed:
             self._closed = True
-            await self._db.close()
+            await self._thread.close()
+            if self._reader is not None:
+                await self._reader.close()
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[Txn]:
         """One transaction: committed (durably) on normal exit, rolled back on error."""
         async with self._lock:
+            txn = _SqliteTxn(self._thread)
             try:
-                await self._db.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                raise StoreError(f"store unavailable: {exc}") from exc
-            try:
-                yield _SqliteTxn(self._db)
+                yield txn
+                await asyncio.shield(txn.commit())
             except BaseException as exc:
-                if self._db.in_transaction:  # SQLite may have rolled back by itself
-                    await asyncio.shield(self._db.execute("ROLLBACK"))
+                await asyncio.shield(self._thread.call(_rollback))
                 if isinstance(exc, sqlite3.Error):
                     raise StoreError(f"store unavailable: {exc}") from exc
                 raise
-            try:
-                await asyncio.shield(self._db.execute("COMMIT"))
-            except sqlite3.Error as exc:
-                await self._db.execute("ROLLBACK")
-                raise StoreError(f"commit failed: {exc}") from exc
 
     async def read(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-        async with self._lock, self._db.execute(sql, args) as cursor:
-            return [tuple(row) for row in await cursor.fetchall()]
+        assert self._reader is not None
+        try:
+            return await self._reader.call(lambda conn: conn.execute(sql, args).fetchall())
+        except sqlite3.Error as exc:
+            raise StoreError(f"store unavailable: {exc}") from exc
 
 
 class PostgresStore(Store):

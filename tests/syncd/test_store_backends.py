@@ -187,26 +187,23 @@ async def test_a_batch_is_applied_and_a_replay_gets_the_same_ack(store: Store,
 
 async def test_a_batch_is_one_transaction(store: Store, keys: ServerKeys,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    """A failure at the third record leaves neither the first two nor the position."""
+    """A failure after the records and dossiers were written leaves none of them,
+    nor the position."""
     agent = await enroll(store, keys)
-    original = Txn.put_dossier
-    calls = 0
+    original = Txn.put_dossiers
 
     async def failing(self: Txn, *args: Any, **kw: Any) -> None:
-        nonlocal calls
-        calls += 1
-        if calls == 3:
-            raise RuntimeError("disk on fire")
         await original(self, *args, **kw)
+        raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(Txn, "put_dossier", failing)
+    monkeypatch.setattr(Txn, "put_dossiers", failing)
     with pytest.raises(RuntimeError, match="disk on fire"):
         await ingest_batch(store, agent, BatchBody(1, 1, (created(1), created(2), created(3))),
                            DIGEST)
     assert await store.dossiers() == []
     assert await count(store, "records") == 0
     assert (await read_cursor(store, agent, 1)).acked_seq == 0
-    monkeypatch.setattr(Txn, "put_dossier", original)
+    monkeypatch.setattr(Txn, "put_dossiers", original)
     ack = await ingest_batch(store, agent, BatchBody(1, 1, (created(1), created(2), created(3))),
                              DIGEST)
     assert ack.acked_seq == 3 and len(await store.dossiers()) == 3
