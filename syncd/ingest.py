@@ -75,9 +75,10 @@ async def ingest_batch(store: Store, agent: AgentRow, body: BatchBody,
                        digest: bytes, now: str | None = None) -> Ack:
     """Apply ``body`` from ``agent`` (already authenticated) and return the ack.
 
-    A handful of statements per batch, whatever its size: the records held
-    already are read in one range, the dossiers the new ones touch in one
-    lookup (and locked together), and the writes go as one statement each.
+    A handful of statements per batch, whatever its size: the position, the
+    records held in the batch's range and the dossiers its records touch are
+    read together (the dossiers locked), and each table is written in one
+    statement.
 
     Raises:
         RequestError: 409 ``gap`` carrying the server's position.
@@ -90,16 +91,16 @@ async def ingest_batch(store: Store, agent: AgentRow, body: BatchBody,
     decoded = [_decode(agent.agent_id, epoch, seq, data)
                for seq, data in enumerate(body.records, start=first)]
     verdicts: list[Verdict] = []
+    touched = {e.dossier_id for e in decoded if not isinstance(e, tuple)}
+    last = first + len(body.records) - 1
     async with store.write() as txn:
         await txn.lock("agent", agent.agent_id)  # the same batch at two processes: once
-        hwm = await txn.position(agent.agent_id, epoch)
+        view = await txn.batch_view(agent.agent_id, epoch, first, last, touched)
+        hwm, held = view.position, view.held
         if first > hwm + 1:
             raise RequestError(409, ErrorCode.GAP,
                                f"batch starts at {first}; server holds up to {hwm}",
                                epoch=epoch, acked_seq=hwm)
-        last = first + len(body.records) - 1
-        held = await txn.records(agent.agent_id, epoch, first, min(hwm, last)) \
-            if first <= hwm else {}
         for seq in range(first, min(hwm, last) + 1):
             stored = held.get(seq)
             if stored is None:  # a position without its record: the store is damaged
@@ -122,8 +123,7 @@ async def ingest_batch(store: Store, agent: AgentRow, body: BatchBody,
                 verdicts.append(Verdict(seq, stored.verdict_code, stored.verdict_message or ""))
         if last > hwm:
             fresh = decoded[hwm + 1 - first:last + 1 - first]
-            touched = [e.dossier_id for e in fresh if not isinstance(e, tuple)]
-            dossiers: dict[str, HeldDossier | None] = dict(await txn.dossiers_for(touched))
+            dossiers: dict[str, HeldDossier | None] = dict(view.dossiers)
             changed: dict[str, None] = {}
             rows: list[NewRecord] = []
             for seq, event in enumerate(fresh, start=hwm + 1):

@@ -9,8 +9,10 @@ Invariants:
 * Every request's work runs inside one transaction (:meth:`Store.write`), so
   a batch is applied entirely or not at all, and when it returns the change is
   durable (SQLite ``synchronous=FULL``; PostgreSQL's commit).
-* SQLite: one write connection and an asyncio lock, ``BEGIN IMMEDIATE``:
-  transactions never overlap. PostgreSQL: a pool, transactions overlap, and
+* SQLite: one write connection on its own thread and an asyncio lock: one
+  writer at a time, each inside a savepoint of a transaction that writers
+  arriving together share, committed once for all of them (group commit);
+  reads go to a second connection. PostgreSQL: a pool, transactions overlap, and
   work on the same agent, token, commune, dossier or document is serialised
   by :meth:`Txn.lock` (a transaction-scoped advisory lock), so several
   ``syncd`` processes on one database apply each batch exactly once.
@@ -26,7 +28,7 @@ import json
 import re
 import sqlite3
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from collections.abc import AsyncIterator, Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
@@ -40,8 +42,8 @@ from protocol import Heartbeat
 
 from .errors import StoreError
 
-__all__ = ["AgentRow", "HeldDossier", "NewRecord", "PostgresStore", "SqliteStore", "Store",
-           "StoredRecord", "Txn", "open_store"]
+__all__ = ["AgentRow", "BatchView", "HeldDossier", "NewRecord", "PostgresStore", "SqliteStore",
+           "Store", "StoredRecord", "Txn", "open_store"]
 
 _MIGRATIONS: tuple[str, ...] = (
     """
@@ -141,6 +143,14 @@ class HeldDossier:
 
 _T = TypeVar("_T")
 _IN_CHUNK = 500  # ids per ``IN (…)`` list: far below either backend's parameter limit
+_DOSSIERS_IN = "SELECT id, data, agent_id, commune_code FROM dossiers WHERE id IN ({marks})"
+
+
+@dataclass(frozen=True)
+class BatchView:
+    position: int
+    held: dict[int, StoredRecord]
+    dossiers: dict[str, HeldDossier]
 
 
 @dataclass(frozen=True)
@@ -168,6 +178,11 @@ class Txn(ABC):
     async def all(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         """Every row of ``sql``."""
 
+    async def reads(self, queries: list[tuple[str, tuple[Any, ...]]]
+                    ) -> list[list[tuple[Any, ...]]]:
+        """The rows of each query, in order (one round trip where the backend allows)."""
+        return [await self.all(sql, *args) for sql, args in queries]
+
     @abstractmethod
     async def many(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
         """Execute ``sql`` once per row of arguments (one round trip where the
@@ -194,14 +209,28 @@ class Txn(ABC):
             "DO UPDATE SET acked_seq = excluded.acked_seq, updated_at = excluded.updated_at",
             agent_id, epoch, seq, now)
 
-    async def records(self, agent_id: str, epoch: int, low: int, high: int
-                      ) -> dict[int, StoredRecord]:
-        """The records held for seqs ``low``..``high``, by seq."""
-        rows = await self.all("SELECT seq, hash, verdict_code, verdict_message FROM records "
-                              "WHERE agent_id = ? AND epoch = ? AND seq BETWEEN ? AND ?",
-                              agent_id, epoch, low, high)
-        return {int(seq): StoredRecord(bytes(digest), code, message)
-                for seq, digest, code, message in rows}
+    async def batch_view(self, agent_id: str, epoch: int, low: int, high: int,
+                         dossier_ids: Collection[str]) -> BatchView:
+        """What applying records ``low``..``high`` of (agent, epoch) needs, read
+        together: the position, the records held in that range, and the held
+        dossiers among ``dossier_ids`` (each locked until this transaction ends)."""
+        wanted = sorted(set(dossier_ids))
+        await self.lock_many("dossier", wanted)
+        chunks = [wanted[start:start + _IN_CHUNK] for start in range(0, len(wanted), _IN_CHUNK)]
+        position, held, *found = await self.reads([
+            ("SELECT acked_seq FROM positions WHERE agent_id = ? AND epoch = ?",
+             (agent_id, epoch)),
+            ("SELECT seq, hash, verdict_code, verdict_message FROM records "
+             "WHERE agent_id = ? AND epoch = ? AND seq BETWEEN ? AND ?",
+             (agent_id, epoch, low, high)),
+            *((_DOSSIERS_IN.format(marks=", ".join("?" * len(chunk))), tuple(chunk))
+              for chunk in chunks)])
+        return BatchView(
+            int(position[0][0]) if position else 0,
+            {int(seq): StoredRecord(bytes(digest), code, message)
+             for seq, digest, code, message in held},
+            {dossier_id: HeldDossier(json.loads(data), owner, commune)
+             for rows in found for dossier_id, data, owner, commune in rows})
 
     async def insert_records(self, rows: list[NewRecord]) -> None:
         if rows:
@@ -214,20 +243,6 @@ class Txn(ABC):
         code, message = verdict or (None, None)
         await self.insert_records([NewRecord(agent_id, epoch, seq, digest, data, now, code,
                                              message, dossier_id)])
-
-    async def dossiers_for(self, ids: Collection[str]) -> dict[str, HeldDossier]:
-        """The held dossiers among ``ids`` (state, owner, commune), each locked
-        until this transaction ends."""
-        wanted = sorted(set(ids))
-        await self.lock_many("dossier", wanted)
-        out: dict[str, HeldDossier] = {}
-        for start in range(0, len(wanted), _IN_CHUNK):
-            chunk = wanted[start:start + _IN_CHUNK]
-            marks = ", ".join("?" * len(chunk))  # placeholders only; the ids are arguments
-            sql = f"SELECT id, data, agent_id, commune_code FROM dossiers WHERE id IN ({marks})"  # noqa: S608
-            for dossier_id, data, owner, commune in await self.all(sql, *chunk):
-                out[dossier_id] = HeldDossier(json.loads(data), owner, commune)
-        return out
 
     async def put_dossiers(self, dossiers: list[HeldDossier], now: str) -> None:
         """Insert or replace each dossier's state (its owner and commune are kept
@@ -289,11 +304,12 @@ class _SqliteThread:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="syncd-sqlite")
         self._conn: sqlite3.Connection | None = None
 
-    async def call(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+    def call(self, fn: Callable[[sqlite3.Connection], _T]) -> asyncio.Future[_T]:
+        """Queue ``fn`` now (calls run in the order they were made)."""
         def run() -> _T:
             assert self._conn is not None
             return fn(self._conn)
-        return await asyncio.get_running_loop().run_in_executor(self._executor, run)
+        return asyncio.get_running_loop().run_in_executor(self._executor, run)
 
     async def connect(self, path: Path) -> None:
         def connect() -> None:
@@ -311,21 +327,47 @@ def _rollback(conn: sqlite3.Connection) -> None:
         conn.execute("ROLLBACK")
 
 
+def _undo(conn: sqlite3.Connection) -> bool:
+    """Undo one member of a group (see :class:`SqliteStore`): false when the
+    whole transaction is gone (SQLite rolls back by itself on a full disk or
+    an I/O error) and the group must fail."""
+    if not conn.in_transaction:
+        return False
+    try:
+        conn.execute("ROLLBACK TO member")
+        conn.execute("RELEASE member")
+    except sqlite3.Error:
+        _rollback(conn)
+        return False
+    return True
+
+
 class _SqliteTxn(Txn):
-    """Writes are staged and sent with the next read or with the commit, so a
-    batch costs a few hops to the connection's thread, not one per statement
-    (a staged write that fails fails the transaction all the same)."""
+    """One member of a group. Writes are staged and sent with the next read or
+    when the member ends, so a batch costs a few hops to the connection's
+    thread, not one per statement (a staged write that fails fails the member
+    all the same)."""
 
-    def __init__(self, thread: _SqliteThread) -> None:
+    def __init__(self, thread: _SqliteThread, group: _Group) -> None:
         self._thread = thread
-        self._staged: list[tuple[str, Any, bool]] = [("BEGIN IMMEDIATE", (), False)]
+        self._group = group
+        self._staged: list[tuple[str, Any, bool]] = [("SAVEPOINT member", (), False)]
+        if not group.begun:
+            self._staged.insert(0, ("BEGIN IMMEDIATE", (), False))
+        self.sent = False  # whether any of this member's statements reached SQLite
 
-    def _then(self, fn: Callable[[sqlite3.Connection], _T]) -> Awaitable[_T]:
+    def _run_staged(self, conn: sqlite3.Connection) -> None:
         staged, self._staged = self._staged, []
+        self.sent = True
+        for sql, args, many in staged:
+            (conn.executemany if many else conn.execute)(sql, args).close()
+            if sql == "BEGIN IMMEDIATE":
+                self._group.begun = True
 
+    def _then(self, fn: Callable[[sqlite3.Connection], _T]) -> asyncio.Future[_T]:
+        """Queue the staged writes, then ``fn``."""
         def run(conn: sqlite3.Connection) -> _T:
-            for sql, args, many in staged:
-                (conn.executemany if many else conn.execute)(sql, args).close()
+            self._run_staged(conn)
             return fn(conn)
         return self._thread.call(run)
 
@@ -335,6 +377,11 @@ class _SqliteTxn(Txn):
     async def all(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         return await self._then(lambda conn: conn.execute(sql, args).fetchall())
 
+    async def reads(self, queries: list[tuple[str, tuple[Any, ...]]]
+                    ) -> list[list[tuple[Any, ...]]]:
+        return await self._then(lambda conn: [conn.execute(sql, args).fetchall()
+                                              for sql, args in queries])
+
     async def run(self, sql: str, *args: Any) -> None:
         self._staged.append((sql, args, False))
 
@@ -342,10 +389,48 @@ class _SqliteTxn(Txn):
         self._staged.append((sql, rows, True))
 
     async def lock(self, kind: str, key: str) -> None:
-        return None  # one connection, one transaction at a time: already serialised
+        return None  # one connection, one member at a time: already serialised
 
-    async def commit(self) -> None:
-        await self._then(lambda conn: conn.execute("COMMIT").close())
+    def finish(self) -> asyncio.Future[tuple[sqlite3.Error | None, bool]]:
+        """Send the staged writes and end this member. Returns its error, if
+        any, and whether the group's transaction survived it."""
+        def run(conn: sqlite3.Connection) -> tuple[sqlite3.Error | None, bool]:
+            try:
+                self._run_staged(conn)
+                conn.execute("RELEASE member")
+            except sqlite3.Error as exc:
+                return exc, _undo(conn)
+            return None, True
+        return self._thread.call(run)
+
+
+def _commit(conn: sqlite3.Connection) -> sqlite3.Error | None:
+    """Commit the open transaction, if any; on failure roll it back and say why."""
+    if not conn.in_transaction:
+        return None
+    try:
+        conn.execute("COMMIT")
+    except sqlite3.Error as exc:
+        _rollback(conn)
+        return exc
+    return None
+
+
+class _Group:
+    """Writers sharing one SQLite transaction and its commit (and fsync)."""
+
+    def __init__(self) -> None:
+        self.members = 0
+        self.begun = False
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.done.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+    def end(self, error: BaseException | None) -> None:
+        if not self.done.done():
+            if error is None:
+                self.done.set_result(None)
+            else:
+                self.done.set_exception(StoreError(f"store unavailable: {error}"))
 
 
 _PLACEHOLDER = re.compile(r"\?")
@@ -450,14 +535,26 @@ class Store(ABC):
 
 
 class SqliteStore(Store):
-    """The SQLite store in ``path``: one connection writes, transactions one at
-    a time; another reads (WAL: a read sees the last commit and waits for no write)."""
+    """The SQLite store in ``path``. One connection writes, one writer at a
+    time; another reads (WAL: a read sees the last commit and waits for no write).
+
+    Group commit: a writer that ends while others wait for the connection
+    leaves the transaction open for them (its work inside a savepoint, undone
+    alone if it fails) and waits; the last of the group commits for all, so
+    a crowd of batches shares one fsync. Nobody's :meth:`write` returns before
+    the commit that holds its work.
+    """
+
+    MAX_GROUP = 64  # writers per commit: bounds how long the first one waits
 
     def __init__(self, thread: _SqliteThread, path: Path) -> None:
         self._thread = thread
         self._reader: _SqliteThread | None = None
         self.path = path
         self._lock = asyncio.Lock()
+        self._waiting = 0
+        self._group: _Group | None = None
+        self._tasks: set[asyncio.Future[None]] = set()
         self._closed = False
 
     @classmethod
@@ -487,6 +584,7 @@ class SqliteStore(Store):
     async def close(self) -> None:
         if not self._closed:
             self._closed = True
+            await self._commit_group()
             await self._thread.close()
             if self._reader is not None:
                 await self._reader.close()
@@ -494,16 +592,55 @@ class SqliteStore(Store):
     @asynccontextmanager
     async def write(self) -> AsyncIterator[Txn]:
         """One transaction: committed (durably) on normal exit, rolled back on error."""
-        async with self._lock:
-            txn = _SqliteTxn(self._thread)
+        self._waiting += 1
+        try:
+            await self._lock.acquire()
+        except BaseException:
+            self._waiting -= 1
+            self._adopt_orphan()
+            raise
+        self._waiting -= 1
+        failure: BaseException | None = None
+        try:
+            group = self._group = self._group or _Group()
+            group.members += 1
+            txn = _SqliteTxn(self._thread, group)
             try:
                 yield txn
-                await asyncio.shield(txn.commit())
             except BaseException as exc:
-                await asyncio.shield(self._thread.call(_rollback))
-                if isinstance(exc, sqlite3.Error):
-                    raise StoreError(f"store unavailable: {exc}") from exc
-                raise
+                failure = exc
+                if txn.sent and not await asyncio.shield(self._thread.call(_undo)):
+                    self._end(group, exc)  # the whole transaction is gone
+            else:
+                failure, survived = await asyncio.shield(txn.finish())
+                if not survived:
+                    self._end(group, failure)
+            if self._group is group and (not self._waiting or group.members >= self.MAX_GROUP):
+                self._end(group, await asyncio.shield(self._thread.call(_commit)))
+        finally:
+            self._lock.release()
+        if failure is not None:
+            if isinstance(failure, sqlite3.Error):
+                raise StoreError(f"store unavailable: {failure}") from failure
+            raise failure
+        await asyncio.shield(group.done)
+
+    def _end(self, group: _Group, error: BaseException | None) -> None:
+        group.end(error)
+        if self._group is group:
+            self._group = None
+
+    def _adopt_orphan(self) -> None:
+        """A writer gave up waiting: if the group was left to it, commit the group."""
+        if self._group is not None and not self._waiting and not self._lock.locked():
+            task = asyncio.ensure_future(self._commit_group())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _commit_group(self) -> None:
+        async with self._lock:
+            if self._group is not None:
+                self._end(self._group, await asyncio.shield(self._thread.call(_commit)))
 
     async def read(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         assert self._reader is not None

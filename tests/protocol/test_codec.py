@@ -1061,6 +1061,14 @@ def test_unpack_refuses_deep_nesting_without_recursion_error() -> None:
     assert unpack(pack(shallow), max_bytes=1000) == shallow
     with pytest.raises(DecodeError):
         unpack(pack([shallow]), max_bytes=1000)
+    # The limit counts levels, whatever sits at the bottom: a value or an empty container.
+    for bottom in (b"\xc0", b"\x90", b"\x80"):
+        assert unpack(b"\x91" * MAX_DEPTH + bottom, max_bytes=1000) is not None
+        assert unpack(b"\x81\xa1k" * MAX_DEPTH + bottom, max_bytes=1000) is not None
+        with pytest.raises(DecodeError):
+            unpack(b"\x91" * (MAX_DEPTH + 1) + bottom, max_bytes=1000)
+        with pytest.raises(DecodeError):
+            unpack(b"\x81\xa1k" * (MAX_DEPTH + 1) + bottom, max_bytes=1000)
     for depth in (100, 5000, 200_000):
         with pytest.raises(DecodeError):
             unpack(b"\x91" * depth + b"\xc0", max_bytes=10**6)
