@@ -51,7 +51,9 @@ from .enrollment import consume_token, rotate_agent_key
 from .errors import RequestError, StoreError
 from .ingest import ingest_batch, read_cursor
 from .keys import ServerKeys
+from .observability import BATCH_ACK, BATCH_HEADER, install_observability
 from .store import AgentRow, Store
+from .web import make_ui
 
 __all__ = ["CONFIG", "KEYS", "STORE", "make_app"]
 
@@ -269,8 +271,9 @@ async def post_batch(request: web.Request) -> web.Response:
     if sealed.agent_id != agent.agent_id or sealed.commune_code != agent.commune_code:
         raise RequestError(403, ErrorCode.FORBIDDEN,
                            "a batch may only carry its own agent's and commune's records")
+    request[BATCH_HEADER] = (sealed.first_seq, sealed.count)
     body = open_batch(sealed, _sealing_key(request, sealed.key_id), config.limits)
-    ack = await ingest_batch(request.app[STORE], agent, body, digest)
+    ack = request[BATCH_ACK] = await ingest_batch(request.app[STORE], agent, body, digest)
     log.info("agent %s epoch %d: records %d-%d, acked %d, %d verdicts", agent.agent_id,
              body.epoch, body.first_seq, body.last_seq, ack.acked_seq, len(ack.verdicts))
     return _reply(request, 200, encode_ack(_with_keys(request, ack)))
@@ -324,6 +327,10 @@ async def post_doc_chunk(request: web.Request) -> web.Response:
     return _reply(request, status, encode_doc_state(state))
 
 
+async def get_root(request: web.Request) -> web.Response:
+    raise web.HTTPSeeOther("/ui/")
+
+
 async def get_health(request: web.Request) -> web.Response:
     await request.app[STORE].read("SELECT 1")
     return web.json_response({"status": "ok"})
@@ -355,4 +362,7 @@ def make_app(config: ServerConfig, store: Store, keys: ServerKeys,
     app.router.add_post("/v1/enroll", post_enroll)
     app.router.add_post("/v1/rotate", post_rotate)
     app.router.add_get("/healthz", get_health)
+    app.router.add_get("/", get_root)
+    app.add_subapp("/ui", make_ui(config, store, keys))
+    install_observability(app, store)
     return app

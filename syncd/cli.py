@@ -8,6 +8,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import csv
+import getpass
+import io
 import json
 import logging
 import os
@@ -16,18 +19,22 @@ import signal
 import sqlite3
 import sys
 from collections.abc import Callable, Coroutine
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
+from .accounts import ROLES, add_user
 from .app import REQUESTS, make_app
 from .config import ServerConfig, ServerPaths, default_data_dir
 from .documents import DocumentStore
-from .enrollment import create_token
-from .errors import SetupError, SyncdError
-from .ingest import utc_now
+from .dvcqg import export_dvcqg
+from .enrollment import create_token, revoke_agent
+from .errors import RequestError, SetupError, SyncdError
 from .keys import ServerKeys
+from .observability import json_log_handler
+from .report import COLUMNS, on_time_report, total_row
 from .store import Store, is_postgres_url, open_store
 from .tls import server_ssl_context
 
@@ -140,15 +147,38 @@ async def cmd_enroll(args: argparse.Namespace) -> int:
 
 async def cmd_revoke(args: argparse.Namespace) -> int:
     async def work(config: ServerConfig, store: Store) -> int:
-        async with store.write() as txn:
-            row = await txn.one("SELECT revoked_at FROM agents WHERE agent_id = ?", args.agent_id)
-            if row is None:
-                print(f"syncd: no agent {args.agent_id}", file=sys.stderr)
-                return 1
-            if row[0] is None:
-                await txn.run("UPDATE agents SET revoked_at = ? WHERE agent_id = ?",
-                              utc_now(), args.agent_id)
+        if await revoke_agent(store, args.agent_id) is None:
+            print(f"syncd: no agent {args.agent_id}", file=sys.stderr)
+            return 1
         print(f"Revoked {args.agent_id}; nothing it sends from now on is stored.",
+              file=sys.stderr)
+        return 0
+    return await _with_store(args, work)
+
+
+def _read_password() -> str | None:
+    """Asked twice at a terminal; otherwise the first line of stdin. None: they differ."""
+    if sys.stdin.isatty():
+        first = getpass.getpass("Mật khẩu / Password: ")
+        if getpass.getpass("Nhập lại / Repeat: ") != first:
+            return None
+        return first
+    return sys.stdin.readline().rstrip("\r\n")
+
+
+async def cmd_user_add(args: argparse.Namespace) -> int:
+    password = _read_password()
+    if password is None:
+        print("syncd: the two passwords differ; nothing changed", file=sys.stderr)
+        return 2
+
+    async def work(config: ServerConfig, store: Store) -> int:
+        try:
+            await add_user(store, args.name, password, args.role)
+        except RequestError as exc:
+            print(f"syncd: {exc.message}; nothing changed", file=sys.stderr)
+            return 2
+        print(f"User {args.name} added ({args.role}); log in at /ui/ on the server.",
               file=sys.stderr)
         return 0
     return await _with_store(args, work)
@@ -224,6 +254,85 @@ async def cmd_document(args: argparse.Namespace) -> int:
     return await _with_store(args, work)
 
 
+def _day(value: str | None, flag: str) -> Any:
+    """``--from``/``--to`` as a date, or None; ValueError naming the flag."""
+    if value is None:
+        return None
+    try:
+        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+            raise ValueError(value)
+        return date.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"{flag} must be a date YYYY-MM-DD, not {value!r}") from None
+
+
+def _period(args: argparse.Namespace) -> tuple[Any, Any]:
+    start, end = _day(args.date_from, "--from"), _day(args.date_to, "--to")
+    if start is not None and end is not None and start > end:
+        raise ValueError(f"--from {start} is after --to {end}")
+    return start, end
+
+
+def _write_utf8(text: str) -> None:
+    """Print ``text`` as UTF-8 whatever the locale (names are Vietnamese)."""
+    sys.stdout.flush()
+    sys.stdout.buffer.write(text.encode("utf-8"))
+    sys.stdout.buffer.flush()
+
+
+def _report_text(rows: list[dict[str, Any]], fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(rows, ensure_ascii=False, indent=1) + "\n"
+    out = io.StringIO()
+    if fmt == "csv":
+        writer = csv.writer(out)
+        writer.writerow(COLUMNS)
+        writer.writerows([row[c] for c in COLUMNS] for row in rows)
+        return out.getvalue()
+    shown = [*rows, {"commune_code": "(all)", "procedure_code": "", "procedure_name": "",
+                     **total_row(rows)}] if rows else []
+    # The procedure's name is long: last, so the numbers line up.
+    columns = [c for c in COLUMNS if c != "procedure_name"] + ["procedure_name"]
+    print("\t".join(columns), file=out)
+    for row in shown:
+        rate = row["on_time_rate"]
+        cells = {**row, "on_time_rate": "-" if rate is None else f"{rate:.2%}"}
+        print("\t".join(str(cells[c]) for c in columns), file=out)
+    return out.getvalue()
+
+
+async def cmd_report(args: argparse.Namespace) -> int:
+    try:
+        start, end = _period(args)
+    except ValueError as exc:
+        print(f"syncd: {exc}", file=sys.stderr)
+        return 2
+    if args.commune is not None and not _COMMUNE.fullmatch(args.commune):
+        print("syncd: --commune must be a 5-digit commune code", file=sys.stderr)
+        return 2
+
+    async def work(config: ServerConfig, store: Store) -> int:
+        rows = await on_time_report(store, date_from=start, date_to=end, commune=args.commune,
+                                    now=datetime.now(UTC))
+        _write_utf8(_report_text(rows, "json" if args.json else "csv" if args.csv else "table"))
+        return 0
+    return await _with_store(args, work)
+
+
+async def cmd_export_dvcqg(args: argparse.Namespace) -> int:
+    try:
+        start, end = _period(args)
+    except ValueError as exc:
+        print(f"syncd: {exc}", file=sys.stderr)
+        return 2
+
+    async def work(config: ServerConfig, store: Store) -> int:
+        rows = await export_dvcqg(store, date_from=start, date_to=end)
+        _write_utf8(json.dumps(rows, ensure_ascii=False, indent=1) + "\n")
+        return 0
+    return await _with_store(args, work)
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--data-dir", type=Path, default=None,
@@ -251,12 +360,37 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("revoke", parents=[common], help="cut an agent off")
     p.add_argument("agent_id")
     p.set_defaults(func=cmd_revoke)
+    p = sub.add_parser("user", help="operator accounts for the pages")
+    users = p.add_subparsers(dest="user_command", required=True, metavar="add")
+    p = users.add_parser("add", parents=[common],
+                         help="add an operator; the password is asked for (or read from stdin)")
+    p.add_argument("name")
+    p.add_argument("--role", choices=ROLES, required=True)
+    p.set_defaults(func=cmd_user_add)
     p = sub.add_parser("rotate-key", parents=[common],
                        help="add a new server sealing key (old ones are kept)")
     p.set_defaults(func=cmd_rotate_key)
     p = sub.add_parser("document", parents=[common], help="write a document's bytes to stdout")
     p.add_argument("sha256")
     p.set_defaults(func=cmd_document)
+    p = sub.add_parser("report", parents=[common],
+                       help="on-time report per commune and procedure")
+    p.add_argument("--from", dest="date_from", default=None, metavar="DATE",
+                   help="first day received, YYYY-MM-DD (Vietnamese time)")
+    p.add_argument("--to", dest="date_to", default=None, metavar="DATE",
+                   help="last day received, YYYY-MM-DD (Vietnamese time)")
+    p.add_argument("--commune", default=None, help="5-digit commune code")
+    shape = p.add_mutually_exclusive_group()
+    shape.add_argument("--json", action="store_true")
+    shape.add_argument("--csv", action="store_true")
+    p.set_defaults(func=cmd_report)
+    p = sub.add_parser("export-dvcqg", parents=[common],
+                       help="dossiers as JSON for the national public-service portal")
+    p.add_argument("--from", dest="date_from", default=None, metavar="DATE",
+                   help="first day received, YYYY-MM-DD (Vietnamese time)")
+    p.add_argument("--to", dest="date_to", default=None, metavar="DATE",
+                   help="last day received, YYYY-MM-DD (Vietnamese time)")
+    p.set_defaults(func=cmd_export_dvcqg)
     for name, func, text in (("dossiers", cmd_dossiers, "list current dossiers"),
                              ("agents", cmd_agents, "list enrolled agents"),
                              ("alerts", cmd_alerts, "list alerts for operators")):
@@ -272,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.data_dir = args.data_dir or default_data_dir()
     logging.basicConfig(level=logging.INFO if args.command == "serve" else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                        handlers=[json_log_handler()])
     try:
         return asyncio.run(args.func(args))
     except KeyboardInterrupt:

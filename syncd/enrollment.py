@@ -28,7 +28,7 @@ from .errors import RequestError
 from .keys import ServerKeys
 from .store import AgentRow, Store
 
-__all__ = ["consume_token", "create_token", "rotate_agent_key"]
+__all__ = ["consume_token", "create_token", "revoke_agent", "rotate_agent_key"]
 
 
 def _hash(token: str) -> bytes:
@@ -125,3 +125,18 @@ async def rotate_agent_key(store: Store, agent: AgentRow, env: Envelope) -> None
                       "WHERE agent_id = ? AND public_key = ?", new_key, agent.agent_id,
                       agent.public_key)
 
+
+
+async def revoke_agent(store: Store, agent_id: str) -> str | None:
+    """Cut ``agent_id`` off (nothing it sends is stored from now on); returns its
+    commune code, or None if there is no such agent. Revoking twice changes nothing."""
+    async with store.write() as txn:
+        await txn.lock("agent", agent_id)
+        row = await txn.one("SELECT revoked_at, commune_code FROM agents WHERE agent_id = ?",
+                            agent_id)
+        if row is None:
+            return None
+        if row[0] is None:
+            await txn.run("UPDATE agents SET revoked_at = ? WHERE agent_id = ?",
+                          datetime.now(UTC).isoformat(timespec="milliseconds"), agent_id)
+        return str(row[1])

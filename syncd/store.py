@@ -93,6 +93,15 @@ _MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE agents ADD COLUMN agent_clock TEXT;
     ALTER TABLE agents ADD COLUMN clock_skew_s REAL
     """,
+    # Operators of the pages: scrypt password hashes, server-side sessions.
+    """
+    CREATE TABLE users (
+        name TEXT PRIMARY KEY, password_hash TEXT NOT NULL, role TEXT NOT NULL,
+        created_at TEXT NOT NULL);
+    CREATE TABLE sessions (
+        token_hash BLOB PRIMARY KEY, user_name TEXT NOT NULL, csrf TEXT NOT NULL,
+        created_at TEXT NOT NULL, expires_at TEXT NOT NULL)
+    """,
 )
 
 

@@ -44,18 +44,6 @@ from tests.support.dossiers import make_dossiers
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    store = await SqliteStore.open(tmp_path / "syncd.db")
-    yield store
-    await store.close()
-
-
-@pytest.fixture
-def keys(tmp_path: Path) -> ServerKeys:
-    return ServerKeys.create(tmp_path)
-
-
-@pytest.fixture
 async def client(store: SqliteStore, keys: ServerKeys) -> AsyncIterator[TestClient[Any, Any]]:
     config = ServerConfig(max_body_bytes=64 * 1024, max_inflated_bytes=256 * 1024)
     async with TestClient(TestServer(make_app(config, store, keys))) as client:
