@@ -16,7 +16,7 @@ import secrets
 from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import jinja2
 import segno
@@ -36,6 +36,7 @@ from .accounts import Session, check_login, end_session, find_session, start_ses
 from .config import ServerConfig
 from .enrollment import create_token, revoke_agent
 from .errors import RequestError, StoreError
+from .history import VIETNAM
 from .keys import ServerKeys
 from .report import on_time_report, total_row
 from .store import Store
@@ -126,6 +127,14 @@ LABELS: dict[str, tuple[str, str]] = {
     "processing_late": ("Đang xử lý quá hạn", "Processing, late"),
     "on_time_rate": ("Tỷ lệ đúng hạn", "On-time rate"),
     "minutes_ago": ("{n} phút trước", "{n} min ago"),
+    "role_admin": ("quản trị", "admin"),
+    "role_viewer": ("xem", "viewer"),
+    "field": ("Lĩnh vực", "Field"),
+    "channel": ("Kênh nộp", "Channel"),
+    "summary": ("Tóm tắt", "Summary"),
+    "processing_unit": ("Đơn vị xử lý", "Processing unit"),
+    "notes": ("Ghi chú", "Notes"),
+    "fee": ("Phí, lệ phí", "Fee"),
     "hours_ago": ("{n} giờ trước", "{n} h ago"),
     "days_ago": ("{n} ngày trước", "{n} days ago"),
 }
@@ -185,9 +194,22 @@ def render(request: web.Request, template: str, status: int = 200,
             return t("hours_ago", n=int(seconds // 3600))
         return t("days_ago", n=int(seconds // 86400))
 
+    def when(moment: str | None) -> str:
+        """An ISO time as the officer reads it: Vietnam time, day first."""
+        if not moment:
+            return "–"
+        try:
+            return datetime.fromisoformat(moment).astimezone(VIETNAM).strftime("%d/%m/%Y %H:%M")
+        except (TypeError, ValueError):
+            return str(moment)
+
+    def lang_link(target: str) -> str:
+        return "?" + urlencode({**request.query, "lang": target})
+
     session = request.get(SESSION)
     html = _env.get_template(template).render(
-        t=t, status_label=status_label, ago=ago, lang=lang, session=session,
+        t=t, status_label=status_label, ago=ago, when=when, lang_link=lang_link, lang=lang,
+        session=session,
         csrf=session.csrf if session else "", path=request.path, **context)
     response = web.Response(text=html, status=status, content_type="text/html",
                             charset="utf-8")
