@@ -16,6 +16,7 @@ same answer.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from datetime import UTC, datetime
 
@@ -38,6 +39,9 @@ from .errors import RequestError, StoreError
 from .store import AgentRow, HeldDossier, NewRecord, Store
 
 __all__ = ["ingest_batch", "read_cursor", "utc_now"]
+
+
+_DECODE_SLICE = 8  # records decoded between two turns of the event loop
 
 
 def utc_now() -> str:
@@ -88,8 +92,11 @@ async def ingest_batch(store: Store, agent: AgentRow, body: BatchBody,
     hashes = [hashlib.sha256(data).digest() for data in body.records]
     # Decoded before the transaction, so this CPU work overlaps another batch's
     # commit instead of holding the store (a replayed record is decoded for nothing).
-    decoded = [_decode(agent.agent_id, epoch, seq, data)
-               for seq, data in enumerate(body.records, start=first)]
+    decoded: list[Event | tuple[str, str]] = []
+    for seq, data in enumerate(body.records, start=first):
+        decoded.append(_decode(agent.agent_id, epoch, seq, data))
+        if len(decoded) % _DECODE_SLICE == 0:
+            await asyncio.sleep(0)  # let a transaction waiting on the loop go on
     verdicts: list[Verdict] = []
     touched = {e.dossier_id for e in decoded if not isinstance(e, tuple)}
     last = first + len(body.records) - 1

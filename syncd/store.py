@@ -574,7 +574,7 @@ class SqliteStore(Store):
             await thread.connect(path)
             await thread.call(lambda conn: conn.executescript(
                 "PRAGMA busy_timeout = 30000; PRAGMA journal_mode = WAL; "
-                "PRAGMA synchronous = FULL"))
+                "PRAGMA synchronous = FULL; PRAGMA cache_size = -65536"))
             async with store.write() as txn:  # migrations, recorded in their transaction
                 version = (await txn.one("PRAGMA user_version"))[0]
                 for number, script in enumerate(_MIGRATIONS[version:], start=version + 1):
