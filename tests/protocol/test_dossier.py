@@ -11,7 +11,6 @@ may leave out the dossier id, which then is derived from the record's
 from __future__ import annotations
 
 import copy
-import hashlib
 import unicodedata
 import uuid
 from collections.abc import Callable
@@ -564,20 +563,15 @@ AGENT = "ag-0123456789abcdef"
 ID_NAMESPACE = uuid.UUID("8d7f3b52-61c4-4e0f-9a43-2a0c5d1e7b19")
 
 
-def _uuid5_by_hand(agent_id: str, epoch: int, seq: int) -> str:
-    """RFC 4122 §4.3 spelled out, as SPEC.md §6.3 describes it for other implementations."""
-    digest = bytearray(hashlib.sha1(ID_NAMESPACE.bytes + f"{agent_id}/{epoch}/{seq}".encode(),
-                                    usedforsecurity=False).digest()[:16])
-    digest[6] = digest[6] & 0x0F | 0x50  # version 5
-    digest[8] = digest[8] & 0x3F | 0x80  # RFC 4122 variant
-    h = digest.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+def _uuid5(agent_id: str, epoch: int, seq: int) -> str:
+    """The standard library's uuid5 (RFC 4122 §4.3), as SPEC.md §6.3 names it."""
+    return str(uuid.uuid5(ID_NAMESPACE, f"{agent_id}/{epoch}/{seq}"))
 
 
 def test_derived_id_known_answer() -> None:
     # SPEC.md §6.3 and §12: the first record of agent ag-0123456789abcdef, epoch 1.
     assert derive_dossier_id(AGENT, 1, 1) == "dee7ca1e-40ad-564e-8d99-959072f07525"
-    assert derive_dossier_id(AGENT, 1, 2) == _uuid5_by_hand(AGENT, 1, 2)
+    assert derive_dossier_id(AGENT, 1, 2) == _uuid5(AGENT, 1, 2)
 
 
 @PROPS
@@ -587,7 +581,7 @@ def test_derived_id_is_a_deterministic_uuid5_of_agent_epoch_and_seq(
     agent: str, epoch: int, seq: int,
 ) -> None:
     derived = derive_dossier_id(agent, epoch, seq)
-    assert derived == derive_dossier_id(agent, epoch, seq) == _uuid5_by_hand(agent, epoch, seq)
+    assert derived == derive_dossier_id(agent, epoch, seq) == _uuid5(agent, epoch, seq)
     parsed = uuid.UUID(derived)
     assert str(parsed) == derived  # canonical: lowercase, hyphenated
     assert (parsed.version, parsed.variant) == (5, uuid.RFC_4122)
