@@ -212,7 +212,10 @@ async def cmd_rotate_key(args: argparse.Namespace, say: Messages) -> int:
 
 
 async def cmd_run(args: argparse.Namespace, say: Messages) -> int:
-    await run_daemon(AgentPaths(args.data_dir))
+    if not 0 <= args.ui_port <= 65535:
+        print(say("bad_port"), file=sys.stderr)
+        return EXIT_INPUT
+    await run_daemon(AgentPaths(args.data_dir), ui_port=args.ui_port)
     return EXIT_OK
 
 
@@ -249,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
     p = sub.add_parser("run", parents=[common], help="run the sync daemon")
+    p.add_argument("--ui-port", type=int, default=8701,
+                   help="intake page and local API on 127.0.0.1 (default 8701; 0: none)")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("rotate-key", parents=[common],
                        help="replace this PC's signing key (registered with the server)")

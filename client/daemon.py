@@ -12,9 +12,12 @@ import contextlib
 import logging
 import signal
 
+from aiohttp import web
+
 from .agent import Agent
 from .config import AgentPaths
 from .errors import AgentError, QueueCorrupt
+from .intake import make_intake_app
 from .sync import Stopped
 
 __all__ = ["run_daemon"]
@@ -22,9 +25,26 @@ __all__ = ["run_daemon"]
 log = logging.getLogger("client.daemon")
 
 
+async def _start_page(agent: Agent, port: int) -> web.AppRunner | None:
+    """The intake page and local API on 127.0.0.1:``port``; syncing goes on without it
+    if the port is taken."""
+    runner = web.AppRunner(make_intake_app(agent), access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+    except OSError as exc:
+        log.error("intake page not started: port %d on 127.0.0.1 is unavailable (%s)", port,
+                  exc.strerror)
+        await runner.cleanup()
+        return None
+    log.info("intake page on http://127.0.0.1:%d/", port)
+    return runner
+
+
 async def run_daemon(paths: AgentPaths, *, poll_s: float = 0.5, refused_pause_s: float = 60.0,
-                     stop: asyncio.Event | None = None) -> None:
-    """Run until ``stop`` is set (SIGTERM and SIGINT set it)."""
+                     stop: asyncio.Event | None = None, ui_port: int = 8701) -> None:
+    """Run until ``stop`` is set (SIGTERM and SIGINT set it); serve the intake page
+    on ``ui_port`` (0: no page)."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -36,6 +56,7 @@ async def run_daemon(paths: AgentPaths, *, poll_s: float = 0.5, refused_pause_s:
     transport = agent.transport()
     engine = agent.engine(transport, stop=stop)
     log.info("daemon running for agent %s", agent.config.agent_id)
+    page = await _start_page(agent, ui_port) if ui_port else None
     try:
         while not stop.is_set():
             if await agent.waiting():
@@ -56,6 +77,8 @@ async def run_daemon(paths: AgentPaths, *, poll_s: float = 0.5, refused_pause_s:
     except Stopped:
         pass
     finally:
+        if page is not None:
+            await page.cleanup()
         await transport.close()
         await agent.close()
         log.info("daemon stopped")

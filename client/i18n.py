@@ -22,6 +22,7 @@ CATALOG: dict[str, tuple[str, str]] = {
                          "Invalid dossiers; nothing was added:"),
     "invalid_input": ("Dữ liệu không hợp lệ:", "Invalid input:"),
     "bad_json": ("Không đọc được JSON ({detail}).", "Cannot read JSON ({detail})."),
+    "bad_port": ("--ui-port phải từ 0 đến 65535.", "--ui-port must be between 0 and 65535."),
     "cannot_read": ("Không đọc được tệp {path}: {detail}", "Cannot read {path}: {detail}"),
     "updated": ("Đã ghi nhận trạng thái mới (số thứ tự {seq}).",
                 "Status change saved (seq {seq})."),
