@@ -63,6 +63,7 @@ LABELS: dict[str, tuple[str, str]] = {
     "address": ("Địa chỉ", "Address"),
     "documents": ("Giấy tờ nộp kèm (mỗi dòng một loại)", "Documents (one per line)"),
     "files": ("Tệp quét", "Scanned files"),
+    "documents_received": ("Giấy tờ đã nhận", "Documents received"),
     "officer": ("Cán bộ tiếp nhận", "Receiving officer"),
     "save": ("Lưu và in giấy hẹn", "Save and print receipt"),
     "today": ("Hồ sơ hôm nay", "Today's dossiers"),
