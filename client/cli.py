@@ -32,6 +32,7 @@ from .errors import (
 )
 from .i18n import Messages, pick_language
 from .lock import SyncLock
+from .sneakernet import export_bundles, import_acks
 
 __all__ = ["main"]
 
@@ -219,6 +220,54 @@ async def cmd_run(args: argparse.Namespace, say: Messages) -> int:
     return EXIT_OK
 
 
+async def cmd_export(args: argparse.Namespace, say: Messages) -> int:
+    folder: Path = args.to
+    folder.mkdir(parents=True, exist_ok=True)
+
+    async def work(agent: Agent) -> int:
+        result = await export_bundles(agent, folder)
+        for part in result.files:
+            print(say("export_file", file=part.name, batches=part.batches, records=part.records,
+                      chunks=part.chunks))
+        if not result.files:
+            print(say("export_nothing"))
+        else:
+            print(say("export_done", records=max(0, result.last_seq - result.first_seq + 1),
+                      first=result.first_seq, last=result.last_seq,
+                      documents=result.documents, folder=folder))
+        if result.damaged is not None:
+            exc = result.damaged
+            print(say("verify_bad", seq=exc.seq, epoch=exc.epoch, reason=exc.reason),
+                  file=sys.stderr)
+            return EXIT_DAMAGED
+        return EXIT_OK
+    return await _with_agent(AgentPaths(args.data_dir), work)
+
+
+async def cmd_import_acks(args: argparse.Namespace, say: Messages) -> int:
+    async def work(agent: Agent) -> int:
+        results = await import_acks(agent, args.folder)
+        code = EXIT_OK
+        for result in results:
+            if result.problem is not None:
+                print(say("acks_bad", file=result.name, detail=result.problem), file=sys.stderr)
+                code = EXIT_ERROR
+            if result.stale_epoch is not None:
+                print(say("acks_stale", file=result.name, epoch=result.stale_epoch),
+                      file=sys.stderr)
+            for refusal in result.refusals:
+                print(say("acks_refused", file=result.name, error=refusal), file=sys.stderr)
+            if result.acked_seq is not None or result.documents:
+                print(say("acks_file", file=result.name, acked=result.acked_seq or 0,
+                          documents=result.documents))
+        if not results:
+            print(say("acks_none", folder=args.folder), file=sys.stderr)
+            return EXIT_ERROR
+        reported = await _report_sync(agent, say, None)
+        return code if code != EXIT_OK else reported
+    return await _with_agent(AgentPaths(args.data_dir), work)
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--data-dir", type=Path, default=None,
@@ -260,6 +309,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_rotate_key)
     p = sub.add_parser("verify", parents=[common], help="check every queue record")
     p.set_defaults(func=cmd_verify)
+    p = sub.add_parser("export", parents=[common],
+                       help="write everything not yet acknowledged to a folder (USB stick)")
+    p.add_argument("--to", type=Path, required=True, help="folder to write bundle files into")
+    p.set_defaults(func=cmd_export)
+    p = sub.add_parser("import-acks", parents=[common],
+                       help="apply the server's acks files brought back on a USB stick")
+    p.add_argument("folder", type=Path, help="folder holding *.csacks files")
+    p.set_defaults(func=cmd_import_acks)
     return parser
 
 

@@ -60,6 +60,28 @@ CATALOG: dict[str, tuple[str, str]] = {
     "interrupted": ("Đã dừng.", "Stopped."),
     "daemon_started": ("Đang chạy đồng bộ nền cho {agent}.", "Sync daemon running for {agent}."),
     "progress": ("Đã đồng bộ {acked}/{total} bản ghi", "Synced {acked}/{total} records"),
+    "export_file": ("Đã ghi {file}: {batches} lô ({records} bản ghi), {chunks} phần tài liệu.",
+                    "Wrote {file}: {batches} batches ({records} records), {chunks} document "
+                    "chunks."),
+    "export_done": ("Đã xuất {records} bản ghi (số {first}–{last}) và {documents} tài liệu chưa "
+                    "được xác nhận vào {folder}. Mang USB lên huyện/tỉnh để nhập (`syncd "
+                    "import`), rồi chạy `sync-agent import-acks` với tệp xác nhận mang về.",
+                    "Exported {records} records (seq {first}–{last}) and {documents} documents "
+                    "not yet acknowledged to {folder}. Take the stick to the district/province "
+                    "(`syncd import`), then run `sync-agent import-acks` on the acks it brings "
+                    "back."),
+    "export_nothing": ("Không có gì chờ gửi; không ghi tệp nào.",
+                       "Nothing is waiting; no file written."),
+    "acks_none": ("Không có tệp xác nhận (*.csacks) nào của máy này trong {folder}.",
+                  "No acks file (*.csacks) for this PC in {folder}."),
+    "acks_file": ("{file}: máy chủ giữ đến bản ghi số {acked}; {documents} tài liệu đã nhận đủ.",
+                  "{file}: the server holds up to seq {acked}; {documents} documents complete."),
+    "acks_refused": ("{file}: máy chủ từ chối một lô: {error}",
+                     "{file}: the server refused a batch: {error}"),
+    "acks_bad": ("{file}: không phải tệp xác nhận hợp lệ do máy chủ ký ({detail}); bỏ qua.",
+                 "{file}: not a valid acks file signed by the server ({detail}); skipped."),
+    "acks_stale": ("{file}: xác nhận cho kỳ {epoch} cũ, hàng đợi đang ở kỳ khác; bỏ qua.",
+                   "{file}: acks for an earlier epoch {epoch}; skipped."),
 }
 
 

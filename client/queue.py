@@ -547,6 +547,14 @@ class Queue:
                                     "ORDER BY sha256") as cur:
             return [(row[0], row[1]) for row in await cur.fetchall()]
 
+    async def incomplete_documents(self) -> list[tuple[str, int, int]]:
+        """(sha256, size, acknowledged offset) of every document the server does not
+        hold whole yet, oldest first."""
+        async with self._db.execute(
+                "SELECT sha256, size, sent_offset FROM documents WHERE complete = 0 "
+                "ORDER BY added_seq, sha256") as cur:
+            return [(row[0], row[1], row[2]) for row in await cur.fetchall()]
+
     async def wake_token(self) -> int:
         """A counter ``sync-now`` bumps to cut a waiting daemon's backoff short."""
         row = await self._one("SELECT value FROM meta WHERE key = 'wake'")

@@ -196,6 +196,10 @@ class SyncEngine:
                 self._save_config(self._config)
             log.info("server sealing key %d is now current", ack.sealing_key_id)
 
+    def refusal(self, reply: Reply) -> SyncError:
+        """The error a non-200 reply stands for (a refusal only if signed)."""
+        return self._refusal(reply)
+
     def _refusal(self, reply: Reply) -> SyncError:
         try:
             err = decode_error(self._open(reply))
@@ -248,8 +252,27 @@ class SyncEngine:
             raise refusal
         if reply.status != 200:
             raise self._refusal(reply)
-        ack = self._decode_ack(reply, pending.epoch, digest)
         last_sent = pending.first_seq + len(pending.records) - 1
+        held = await self.apply_batch_ack(reply, pending.epoch, pending.first_seq,
+                                          len(pending.records), digest, before)
+        if pending.damaged is not None and held >= last_sent:
+            raise pending.damaged
+        return max(0, held - before.acked_seq)
+
+    async def apply_batch_ack(self, reply: Reply, epoch: int, first_seq: int, count: int,
+                              digest: bytes, before: QueueStatus) -> int:
+        """Verify the signed ack to a batch (``first_seq``, ``count`` records of
+        ``epoch``, named by ``digest``) and apply it; return the seq held.
+
+        Shared by HTTP and ``sync-agent import-acks`` (acks carried on a USB
+        stick): applying an ack again, or one older than the queue's position,
+        changes nothing (the position only moves forward).
+
+        Raises:
+            TransportError: not a signed ack of this batch.
+        """
+        ack = self._decode_ack(reply, epoch, digest)
+        last_sent = first_seq + count - 1
         # What the server holds *of this queue*: the records just sent that it
         # did not call a conflict. An ack above them (an earlier, larger batch
         # whose answer was lost) is taken only up to what was compared.
@@ -260,17 +283,15 @@ class SyncEngine:
             held -= 1
         elif ack.acked_seq > last_sent >= (await self._queue.status()).last_seq:
             diverged_at = last_sent + 1  # the server holds more than this queue ever had
-        await self._queue.apply_ack(pending.epoch, held,
+        await self._queue.apply_ack(epoch, held,
                                     [(v.seq, v.code, v.message) for v in ack.verdicts
                                      if v.seq <= held],
                                     local_now_iso(), ack.server_time)
         if diverged_at is not None:
-            await self._new_epoch(pending.epoch, diverged_at - 1)
+            await self._new_epoch(epoch, diverged_at - 1)
         if self._progress is not None:
             self._progress(held, max(before.last_seq, last_sent))
-        if pending.damaged is not None and held >= last_sent:
-            raise pending.damaged
-        return max(0, held - before.acked_seq)
+        return held
 
     async def _new_epoch(self, epoch: int, keep_upto: int) -> None:
         """The server holds records of ``epoch`` after ``keep_upto`` that are not
@@ -297,19 +318,28 @@ class SyncEngine:
     async def _document_request(self, path: str, kind: str, signed: bytes,
                                 sha256: str) -> DocState:
         reply, _ = await self._post(path, signed, kind)
-        if reply.status not in (200, 409):
-            raise self._refusal(reply)
-        message = self._open(reply)
-        try:
-            state = decode_doc_state(message, DEFAULT_LIMITS)
-        except DecodeError as exc:
-            if reply.status == 409:  # not "start at this offset" but a refusal
-                raise self._refusal(reply) from exc
-            raise TransportError(f"the server's reply is not a document state ({exc})") from exc
+        state = self.read_doc_state(reply)
         if state.sha256 != sha256:
             raise TransportError("the document state does not match the request")
         await self._queue.set_document_state(sha256, state.offset, state.complete)
         return state
+
+    def read_doc_state(self, reply: Reply) -> DocState:
+        """The signed document state in a reply to a document request (shared by
+        HTTP and ``sync-agent import-acks``).
+
+        Raises:
+            RefusedError, TransportError: a refusal, or not a signed state.
+        """
+        if reply.status not in (200, 409):
+            raise self._refusal(reply)
+        message = self._open(reply)
+        try:
+            return decode_doc_state(message, DEFAULT_LIMITS)
+        except DecodeError as exc:
+            if reply.status == 409:  # not "start at this offset" but a refusal
+                raise self._refusal(reply) from exc
+            raise TransportError(f"the server's reply is not a document state ({exc})") from exc
 
     async def push_document_chunk(self) -> bool:
         """Send the next chunk of the oldest incomplete document.

@@ -19,6 +19,7 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
@@ -27,6 +28,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from protocol import MEDIA_TYPE, ErrorCode, ErrorReply, ProtocolError, SignatureError
 from protocol.batches import decode_sealed_batch, open_batch
 from protocol.documents import (
+    DocChunk,
+    DocState,
     decode_doc_chunk,
     decode_doc_status,
     encode_doc_state,
@@ -55,7 +58,8 @@ from .observability import BATCH_ACK, BATCH_HEADER, install_observability
 from .store import AgentRow, Store
 from .web import make_ui
 
-__all__ = ["CONFIG", "KEYS", "STORE", "make_app"]
+__all__ = ["CONFIG", "KEYS", "STORE", "Ingest", "accept_batch", "accept_doc_chunk",
+           "authenticate", "error_status", "make_app"]
 
 log = logging.getLogger("syncd.app")
 CONFIG = web.AppKey("config", ServerConfig)
@@ -65,6 +69,7 @@ STORE = web.AppKey("store", Store)
 LIMITER = web.AppKey("limiter", "RateLimiter")
 ADMISSION = web.AppKey("admission", "Admission")
 REQUESTS = web.AppKey("requests", "InFlight")
+INGEST = web.AppKey("ingest", "Ingest")
 
 _STATUS_BY_CODE = {ErrorCode.TOO_LARGE: 413, ErrorCode.BAD_SIGNATURE: 401,
                    ErrorCode.UNSUPPORTED_VERSION: 400}
@@ -189,12 +194,11 @@ async def errors_middleware(request: web.Request,
     requests.enter()
     try:
         response = await handler(request)
-    except RequestError as exc:
-        headers = {"Retry-After": f"{exc.retry_after_s:.0f}"} if exc.retry_after_s else {}
-        response = _error(request, exc.status, exc.code, exc.message, epoch=exc.epoch,
-                          acked_seq=exc.acked_seq, **headers)
-    except ProtocolError as exc:
-        response = _error(request, _STATUS_BY_CODE.get(exc.code, 400), exc.code, str(exc))
+    except (RequestError, ProtocolError) as exc:
+        retry_after_s = exc.retry_after_s if isinstance(exc, RequestError) else None
+        headers = {"Retry-After": f"{retry_after_s:.0f}"} if retry_after_s else {}
+        status, err = error_status(exc)
+        response = _reply(request, status, encode_error(err), **headers)
     except web.HTTPRequestEntityTooLarge:
         response = _error(request, 413, ErrorCode.TOO_LARGE, "request body too large")
     except web.HTTPException:
@@ -230,12 +234,34 @@ async def _body(request: web.Request) -> bytes:
         raise RequestError(400, ErrorCode.MALFORMED, "the request body was cut off") from exc
 
 
-async def _authenticate(request: web.Request, kind: str) -> tuple[AgentRow, bytes, bytes]:
-    """Verify the envelope's signature; return (agent, signed bytes, batch digest)."""
-    env = decode_envelope(await _body(request), request.app[CONFIG].limits)
+@dataclass(frozen=True)
+class Ingest:
+    """What accepting a signed request needs, with or without HTTP (``syncd
+    import`` reads the same envelopes from a USB stick). ``limiter`` is None
+    off-line: a stick carries a week of requests at once."""
+
+    config: ServerConfig
+    store: Store
+    keys: ServerKeys
+    documents: DocumentStore
+    limiter: RateLimiter | None = None
+
+
+async def authenticate(ingest: Ingest, data: bytes, kind: str
+                       ) -> tuple[AgentRow, bytes, bytes]:
+    """Verify an envelope's signature; return (agent, signed bytes, batch digest).
+
+    Raises:
+        RequestError: too large, unknown agent, bad signature, revoked, rate.
+        ProtocolError: not an envelope.
+    """
+    if len(data) > ingest.config.max_body_bytes:
+        raise RequestError(413, ErrorCode.TOO_LARGE,
+                           f"body larger than {ingest.config.max_body_bytes} bytes")
+    env = decode_envelope(data, ingest.config.limits)
     if env.kind != kind:
         raise RequestError(400, ErrorCode.MALFORMED, f"expected a {kind} envelope")
-    agent = await request.app[STORE].agent(env.agent_id)
+    agent = await ingest.store.agent(env.agent_id)
     if agent is None:
         raise RequestError(401, ErrorCode.UNKNOWN_AGENT, "unknown agent")
     try:
@@ -244,39 +270,66 @@ async def _authenticate(request: web.Request, kind: str) -> tuple[AgentRow, byte
         raise RequestError(401, ErrorCode.BAD_SIGNATURE, "signature does not verify") from exc
     if agent.revoked:
         raise RequestError(403, ErrorCode.REVOKED, "this agent has been revoked by an operator")
-    wait_s = request.app[LIMITER].check(agent.agent_id, time.monotonic())
-    if wait_s is not None:
-        raise RequestError(429, ErrorCode.RATE_LIMITED, "too many requests",
-                           retry_after_s=max(1.0, wait_s))
+    if ingest.limiter is not None:
+        wait_s = ingest.limiter.check(agent.agent_id, time.monotonic())
+        if wait_s is not None:
+            raise RequestError(429, ErrorCode.RATE_LIMITED, "too many requests",
+                               retry_after_s=max(1.0, wait_s))
     return agent, env.signed, batch_digest(env)
 
 
-def _with_keys(request: web.Request, ack: Ack) -> Ack:
-    keys = request.app[KEYS]
+async def _authenticate(request: web.Request, kind: str) -> tuple[AgentRow, bytes, bytes]:
+    return await authenticate(request.app[INGEST], await _body(request), kind)
+
+
+def error_status(exc: RequestError | ProtocolError) -> tuple[int, ErrorReply]:
+    """The HTTP status and signed-reply message answering a refusal."""
+    if isinstance(exc, RequestError):
+        return exc.status, ErrorReply(exc.code, exc.message, exc.epoch, exc.acked_seq)
+    return _STATUS_BY_CODE.get(exc.code, 400), ErrorReply(exc.code, str(exc), None, None)
+
+
+def _with_keys(keys: ServerKeys, ack: Ack) -> Ack:
     return Ack(ack.agent_id, ack.epoch, ack.acked_seq, ack.verdicts, ack.batch,
                ack.server_time, keys.current_id, keys.sealing_public())
 
 
-def _sealing_key(request: web.Request, key_id: int) -> X25519PrivateKey:
-    key = request.app[KEYS].sealing.get(key_id)
+def _sealing_key(keys: ServerKeys, key_id: int) -> X25519PrivateKey:
+    key = keys.sealing.get(key_id)
     if key is None:
         raise RequestError(400, ErrorCode.UNKNOWN_KEY, f"no server sealing key {key_id}")
     return key
 
 
-async def post_batch(request: web.Request) -> web.Response:
-    agent, signed, digest = await _authenticate(request, "batch")
-    config = request.app[CONFIG]
-    sealed = decode_sealed_batch(signed, config.limits)
+async def accept_batch(ingest: Ingest, data: bytes,
+                       on_header: Callable[[int, int], None] | None = None) -> Ack:
+    """Authenticate, check, open and apply one batch envelope; return the ack
+    (naming the server's current sealing key). Shared by HTTP and ``syncd import``.
+
+    Raises:
+        RequestError, ProtocolError: the refusal to answer (nothing stored).
+    """
+    agent, signed, digest = await authenticate(ingest, data, "batch")
+    sealed = decode_sealed_batch(signed, ingest.config.limits)
     if sealed.agent_id != agent.agent_id or sealed.commune_code != agent.commune_code:
         raise RequestError(403, ErrorCode.FORBIDDEN,
                            "a batch may only carry its own agent's and commune's records")
-    request[BATCH_HEADER] = (sealed.first_seq, sealed.count)
-    body = open_batch(sealed, _sealing_key(request, sealed.key_id), config.limits)
-    ack = request[BATCH_ACK] = await ingest_batch(request.app[STORE], agent, body, digest)
+    if on_header is not None:
+        on_header(sealed.first_seq, sealed.count)
+    body = open_batch(sealed, _sealing_key(ingest.keys, sealed.key_id), ingest.config.limits)
+    ack = await ingest_batch(ingest.store, agent, body, digest)
     log.info("agent %s epoch %d: records %d-%d, acked %d, %d verdicts", agent.agent_id,
              body.epoch, body.first_seq, body.last_seq, ack.acked_seq, len(ack.verdicts))
-    return _reply(request, 200, encode_ack(_with_keys(request, ack)))
+    return _with_keys(ingest.keys, ack)
+
+
+async def post_batch(request: web.Request) -> web.Response:
+    def header(first_seq: int, count: int) -> None:
+        request[BATCH_HEADER] = (first_seq, count)
+
+    ack = await accept_batch(request.app[INGEST], await _body(request), header)
+    request[BATCH_ACK] = ack
+    return _reply(request, 200, encode_ack(ack))
 
 
 async def post_cursor(request: web.Request) -> web.Response:
@@ -284,7 +337,7 @@ async def post_cursor(request: web.Request) -> web.Response:
     cursor = decode_cursor_request(signed, request.app[CONFIG].limits)
     ack = await read_cursor(request.app[STORE], agent, cursor.epoch, cursor.heartbeat,
                             cursor.agent_clock)
-    return _reply(request, 200, encode_ack(_with_keys(request, ack)))
+    return _reply(request, 200, encode_ack(_with_keys(request.app[KEYS], ack)))
 
 
 async def post_enroll(request: web.Request) -> web.Response:
@@ -306,7 +359,7 @@ async def post_rotate(request: web.Request) -> web.Response:
     await rotate_agent_key(request.app[STORE], agent, env)
     log.info("agent %s rotated its signing key", agent.agent_id)
     ack = await read_cursor(request.app[STORE], agent, 1)
-    return _reply(request, 200, encode_ack(_with_keys(request, ack)))
+    return _reply(request, 200, encode_ack(_with_keys(request.app[KEYS], ack)))
 
 
 async def post_doc_status(request: web.Request) -> web.Response:
@@ -316,14 +369,36 @@ async def post_doc_status(request: web.Request) -> web.Response:
     return _reply(request, 200, encode_doc_state(state))
 
 
-async def post_doc_chunk(request: web.Request) -> web.Response:
-    agent, signed, _ = await _authenticate(request, "doc_chunk")
-    sealed = decode_doc_chunk(signed, request.app[CONFIG].limits)
-    chunk = open_doc_chunk(sealed, _sealing_key(request, sealed.key_id), agent.agent_id)
-    status, state = await request.app[DOCUMENTS].put_chunk(chunk)
+async def accept_doc_chunk(ingest: Ingest, data: bytes, *, realign: bool = False
+                           ) -> tuple[int, DocState]:
+    """Authenticate, open and store one document chunk envelope; return (status, state).
+    Shared by HTTP and ``syncd import``.
+
+    With ``realign`` (a stick's chunks, cut before the server's position was
+    known), a chunk that starts before the held offset but reaches past it is
+    stored from the held offset on; over HTTP a chunk must start exactly there.
+
+    Raises:
+        RequestError, ProtocolError: the refusal to answer (nothing stored).
+    """
+    agent, signed, _ = await authenticate(ingest, data, "doc_chunk")
+    sealed = decode_doc_chunk(signed, ingest.config.limits)
+    chunk = open_doc_chunk(sealed, _sealing_key(ingest.keys, sealed.key_id), agent.agent_id)
+    if realign:
+        held = await ingest.documents.state(chunk.sha256, chunk.size)
+        end = chunk.offset + len(chunk.data)
+        if not held.complete and chunk.offset < held.offset < end:
+            chunk = DocChunk(chunk.sha256, chunk.size, held.offset,
+                             chunk.data[held.offset - chunk.offset:])
+    status, state = await ingest.documents.put_chunk(chunk)
     if status == 200:
         log.info("agent %s document %s: %d/%d bytes%s", agent.agent_id, chunk.sha256[:12],
                  state.offset, state.size, " complete" if state.complete else "")
+    return status, state
+
+
+async def post_doc_chunk(request: web.Request) -> web.Response:
+    status, state = await accept_doc_chunk(request.app[INGEST], await _body(request))
     return _reply(request, status, encode_doc_state(state))
 
 
@@ -355,6 +430,7 @@ def make_app(config: ServerConfig, store: Store, keys: ServerKeys,
             raise ValueError("documents_dir is required with a PostgreSQL store")
         documents_dir = store.path.parent / "documents"
     app[DOCUMENTS] = DocumentStore(documents_dir, store)
+    app[INGEST] = Ingest(config, store, keys, app[DOCUMENTS], app[LIMITER])
     app.router.add_post("/v1/documents/status", post_doc_status)
     app.router.add_post("/v1/documents/chunk", post_doc_chunk)
     app.router.add_post("/v1/batches", post_batch)

@@ -26,7 +26,7 @@ from typing import Any
 from aiohttp import web
 
 from .accounts import ROLES, add_user
-from .app import REQUESTS, make_app
+from .app import REQUESTS, Ingest, make_app
 from .config import ServerConfig, ServerPaths, default_data_dir
 from .documents import DocumentStore
 from .dvcqg import export_dvcqg
@@ -35,6 +35,7 @@ from .errors import RequestError, SetupError, SyncdError
 from .keys import ServerKeys
 from .observability import json_log_handler
 from .report import COLUMNS, on_time_report, total_row
+from .sneakernet import BundleRefused, bundle_files, import_folder
 from .store import Store, is_postgres_url, open_store
 from .tls import server_ssl_context
 
@@ -153,6 +154,33 @@ async def cmd_revoke(args: argparse.Namespace) -> int:
         print(f"Revoked {args.agent_id}; nothing it sends from now on is stored.",
               file=sys.stderr)
         return 0
+    return await _with_store(args, work)
+
+
+async def cmd_import(args: argparse.Namespace) -> int:
+    folder: Path = args.folder
+    if not folder.is_dir():
+        print(f"syncd: {folder} is not a folder", file=sys.stderr)
+        return 2
+    if not bundle_files(folder):
+        print(f"syncd: no bundle files (*.csbundle) in {folder}", file=sys.stderr)
+        return 1
+    keys = ServerKeys.load(ServerPaths(args.data_dir).root)
+
+    async def work(config: ServerConfig, store: Store) -> int:
+        documents = DocumentStore(ServerPaths(args.data_dir).root / "documents", store)
+        code = 0
+        for result in await import_folder(Ingest(config, store, keys, documents), folder):
+            if isinstance(result, BundleRefused):
+                print(f"syncd: {result}", file=sys.stderr)
+                code = 1
+                continue
+            position = "" if result.acked_seq is None else f", acked up to seq {result.acked_seq}"
+            note = " (acks unchanged)" if result.unchanged else ""
+            print(f"{result.name}: agent {result.agent_id}, {result.batches} batches, "
+                  f"{result.chunks} document chunks{position}, {result.refused_items} refused; "
+                  f"acks in {result.acks_file}{note}")
+        return code
     return await _with_store(args, work)
 
 
@@ -360,6 +388,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("revoke", parents=[common], help="cut an agent off")
     p.add_argument("agent_id")
     p.set_defaults(func=cmd_revoke)
+    p = sub.add_parser("import", parents=[common],
+                       help="ingest agents' bundles from a folder (USB stick); write acks files")
+    p.add_argument("folder", type=Path, help="folder holding *.csbundle files")
+    p.set_defaults(func=cmd_import)
     p = sub.add_parser("user", help="operator accounts for the pages")
     users = p.add_subparsers(dest="user_command", required=True, metavar="add")
     p = users.add_parser("add", parents=[common],

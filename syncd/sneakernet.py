@@ -1,0 +1,198 @@
+"""``syncd import``: bundles carried on a USB stick, ingested as if they had
+been POSTed, answered with signed acks files beside them.
+
+Rules:
+
+* Every item goes through the very functions the HTTP handlers use
+  (:func:`syncd.app.accept_batch`, :func:`syncd.app.accept_doc_chunk`):
+  signature, revocation, claims, sealing and limits are checked once, there.
+* A bundle is first authenticated as a whole: from an unknown or revoked
+  agent, or with any item that is not a validly signed request of the agent
+  the bundle names (a tampered file), it is refused and nothing from it is
+  stored. Other bundles still import.
+* Importing a bundle again changes nothing: batches and chunks are
+  idempotent, and an acks file that says the same (apart from the server
+  time of the acks and chunks replayed after their document completed) is
+  left as it was, byte for byte.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from protocol import DecodeError, ProtocolError
+from protocol.bundles import (
+    BUNDLE_SUFFIX,
+    AckItem,
+    Acks,
+    Bundle,
+    acks_name,
+    bundle_digest,
+    decode_acks,
+    decode_bundle,
+    encode_acks,
+)
+from protocol.documents import decode_doc_state, encode_doc_state
+from protocol.messages import DEFAULT_LIMITS, decode_ack, encode_ack, encode_error
+from protocol.sealing import open_reply, seal_reply
+from protocol.signing import public_key_bytes
+
+from .app import Ingest, accept_batch, accept_doc_chunk, authenticate, error_status
+from .errors import RequestError
+
+__all__ = ["BundleRefused", "ImportResult", "import_bundle", "import_folder"]
+
+log = logging.getLogger("syncd.sneakernet")
+_KINDS = {"/v1/batches": "batch", "/v1/documents/chunk": "doc_chunk"}
+
+
+class BundleRefused(Exception):
+    """A whole bundle was refused; nothing from it was stored."""
+
+    def __init__(self, name: str, agent_id: str | None, reason: str) -> None:
+        who = f" from agent {agent_id}" if agent_id else ""
+        super().__init__(f"{name}: bundle{who} refused, nothing stored: {reason}")
+        self.name, self.agent_id, self.reason = name, agent_id, reason
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    name: str
+    agent_id: str
+    batches: int
+    chunks: int
+    refused_items: int  # answered with a signed refusal (a gap, a conflict ...)
+    acked_seq: int | None  # the last batch ack's position
+    acks_file: str
+    unchanged: bool  # the acks file already said all this
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+async def _check_bundle(ingest: Ingest, name: str, bundle: Bundle) -> None:
+    """Authenticate every item before storing any (the HTTP checks, unchanged)."""
+    agent = await ingest.store.agent(bundle.agent_id)
+    if agent is None:
+        raise BundleRefused(name, bundle.agent_id, "unknown agent (not enrolled here)")
+    if agent.revoked:
+        raise BundleRefused(name, bundle.agent_id, "this agent has been revoked by an operator")
+    for number, item in enumerate(bundle.items, start=1):
+        try:
+            signer, _, _ = await authenticate(ingest, item.body, _KINDS[item.path])
+        except (RequestError, ProtocolError) as exc:
+            raise BundleRefused(name, bundle.agent_id,
+                                f"item {number} ({item.path}): {error_status(exc)[1].message}"
+                                ) from exc
+        if signer.agent_id != bundle.agent_id:
+            raise BundleRefused(name, bundle.agent_id,
+                                f"item {number} is signed by another agent ({signer.agent_id})")
+
+
+async def _answer(ingest: Ingest, path: str, body: bytes) -> tuple[int, bytes]:
+    """(status, reply message) exactly as the HTTP handler would answer."""
+    try:
+        if path == "/v1/batches":
+            return 200, encode_ack(await accept_batch(ingest, body))
+        status, state = await accept_doc_chunk(ingest, body, realign=True)
+        return status, encode_doc_state(state)
+    except (RequestError, ProtocolError) as exc:
+        status, err = error_status(exc)
+        return status, encode_error(err)
+
+
+def _substance(acks: Acks, server_key: bytes) -> tuple[object, ...]:
+    """What an acks file says: each batch's answer without the server time of
+    its ack, and each document's last state (a chunk replayed after the
+    document completed is answered "complete" again, not with its old offset)."""
+    batches: list[object] = []
+    documents: dict[str, object] = {}
+    for item in acks.items:
+        message = open_reply(item.reply, server_key)
+        if item.path == "/v1/batches":
+            batches.append((item.status, replace(decode_ack(message), server_time=None)
+                            if item.status == 200 else message))
+            continue
+        try:
+            state = decode_doc_state(message, DEFAULT_LIMITS)
+        except DecodeError:
+            batches.append((item.status, message))  # a refusal stays in its place
+        else:
+            documents[state.sha256] = state
+    return acks.agent_id, acks.bundle, tuple(batches), documents
+
+
+def _same_answers(path: Path, acks: Acks, server_key: bytes) -> bool:
+    try:
+        old = decode_acks(path.read_bytes())
+        return _substance(old, server_key) == _substance(acks, server_key)
+    except (OSError, ProtocolError):
+        return False
+
+
+async def import_bundle(ingest: Ingest, path: Path) -> ImportResult:
+    """Ingest one bundle file and write its acks file beside it.
+
+    Raises:
+        BundleRefused: naming the file and the agent; nothing was stored.
+        StoreError: the store failed (nothing more of this bundle was tried).
+    """
+    data = path.read_bytes()
+    try:
+        bundle = decode_bundle(data)
+    except DecodeError as exc:
+        raise BundleRefused(path.name, None, f"not a valid bundle file ({exc})") from exc
+    await _check_bundle(ingest, path.name, bundle)
+    identity = ingest.keys.identity
+    items, batches, chunks, refused, acked = [], 0, 0, 0, None
+    for item in bundle.items:
+        status, message = await _answer(ingest, item.path, item.body)
+        is_batch = item.path == "/v1/batches"
+        batches, chunks = batches + is_batch, chunks + (not is_batch)
+        if is_batch and status == 200:
+            acked = decode_ack(message).acked_seq
+        elif status != 200 and not (status == 409 and not is_batch):
+            refused += 1
+        items.append(AckItem(item.path, status, seal_reply(identity, message),
+                             item.body if is_batch else None))
+    acks = Acks(bundle.agent_id, bundle_digest(data), tuple(items))
+    target = path.with_name(acks_name(path.name))
+    unchanged = _same_answers(target, acks, public_key_bytes(identity))
+    if not unchanged:
+        _write_atomic(target, encode_acks(acks))
+    log.info("imported %s from agent %s: %d batches, %d chunks", path.name, bundle.agent_id,
+             batches, chunks)
+    return ImportResult(path.name, bundle.agent_id, batches, chunks, refused, acked,
+                        target.name, unchanged)
+
+
+def bundle_files(folder: Path) -> list[Path]:
+    """The bundle files in ``folder``, in name order (one agent's parts in order)."""
+    return sorted(p for p in folder.iterdir() if p.name.endswith(BUNDLE_SUFFIX) and p.is_file())
+
+
+async def import_folder(ingest: Ingest, folder: Path
+                        ) -> list[ImportResult | BundleRefused]:
+    """Import every bundle in ``folder``; a refused one does not stop the others."""
+    results: list[ImportResult | BundleRefused] = []
+    for path in bundle_files(folder):
+        try:
+            results.append(await import_bundle(ingest, path))
+        except BundleRefused as exc:
+            log.info("%s", exc)
+            results.append(exc)
+    return results
