@@ -14,10 +14,12 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Coroutine
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from .agent import Agent, enroll
+from .clock import wall_now
 from .config import AgentPaths, default_data_dir
 from .daemon import run_daemon
 from .errors import (
@@ -104,6 +106,23 @@ def _officer() -> str | None:
         return None
 
 
+def _ago(say: Messages, moment: str | None) -> str:
+    """How long ago, in words (the PC's clock against itself: shown, never acted on)."""
+    if not moment:
+        return say("ago_never")
+    try:
+        seconds = (wall_now() - datetime.fromisoformat(moment)).total_seconds()
+    except ValueError:
+        return moment
+    if seconds < 60:
+        return say("ago_now")
+    if seconds < 3600:
+        return say("ago_minutes", n=int(seconds // 60))
+    if seconds < 48 * 3600:
+        return say("ago_hours", n=int(seconds // 3600))
+    return say("ago_days", n=int(seconds // 86400))
+
+
 async def cmd_status(args: argparse.Namespace, say: Messages) -> int:
     async def work(agent: Agent) -> int:
         st = await agent.queue.status()
@@ -116,10 +135,13 @@ async def cmd_status(args: argparse.Namespace, say: Messages) -> int:
         if args.json:
             print(json.dumps(report, ensure_ascii=False))
             return EXIT_OK
+        ago = _ago(say, st.last_success)
         if st.pending:
-            print(say("sync_waiting", pending=st.pending, reason=st.last_error or "—"))
+            print(say("status_waiting", pending=st.pending, ago=ago))
+            if st.last_error:
+                print(say("status_reason", reason=st.last_error))
         else:
-            print(say("sync_done", acked=st.acked_seq))
+            print(say("status_clear", ago=ago))
         if docs:
             print(say("documents_waiting", count=docs, bytes=doc_bytes))
         return EXIT_OK
