@@ -34,6 +34,7 @@ from .errors import (
 )
 from .i18n import Messages, pick_language
 from .lock import SyncLock
+from .published import pull_quietly
 from .sneakernet import export_bundles, import_acks
 
 __all__ = ["main"]
@@ -214,6 +215,7 @@ async def cmd_sync_now(args: argparse.Namespace, say: Messages) -> int:
         try:
             async with asyncio.timeout(args.timeout):
                 await engine.push_until_done(timeout_s=args.timeout)
+                await pull_quietly(agent, transport)  # what the province publishes
         except (TimeoutError, AgentError) as exc:
             last_error = (await agent.queue.status()).last_error
             reason = _why_waiting(exc, say, last_error, args.timeout)

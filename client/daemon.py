@@ -18,6 +18,7 @@ from .agent import Agent
 from .config import AgentPaths
 from .errors import AgentError, QueueCorrupt
 from .intake import make_intake_app
+from .published import pull_quietly
 from .sync import Stopped
 
 __all__ = ["run_daemon"]
@@ -42,7 +43,8 @@ async def _start_page(agent: Agent, port: int) -> web.AppRunner | None:
 
 
 async def run_daemon(paths: AgentPaths, *, poll_s: float = 0.5, refused_pause_s: float = 60.0,
-                     stop: asyncio.Event | None = None, ui_port: int = 8701) -> None:
+                     stop: asyncio.Event | None = None, ui_port: int = 8701,
+                     pull_every_s: float = 600.0) -> None:
     """Run until ``stop`` is set (SIGTERM and SIGINT set it); serve the intake page
     on ``ui_port`` (0: no page)."""
     stop = stop or asyncio.Event()
@@ -57,11 +59,16 @@ async def run_daemon(paths: AgentPaths, *, poll_s: float = 0.5, refused_pause_s:
     engine = agent.engine(transport, stop=stop)
     log.info("daemon running for agent %s", agent.config.agent_id)
     page = await _start_page(agent, ui_port) if ui_port else None
+    next_pull = 0.0
     try:
         while not stop.is_set():
+            if loop.time() >= next_pull:  # the catalogue and holidays the province publishes
+                await pull_quietly(agent, transport)
+                next_pull = loop.time() + pull_every_s
             if await agent.waiting():
                 try:
                     await engine.push_until_done()
+                    next_pull = 0.0  # the link works: fetch what changed meanwhile
                 except Stopped:
                     break
                 except QueueCorrupt as exc:

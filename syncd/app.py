@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from protocol import MEDIA_TYPE, ErrorCode, ErrorReply, ProtocolError, SignatureError
 from protocol.batches import decode_sealed_batch, open_batch
+from protocol.codec import pack, unpack
 from protocol.documents import (
     DocChunk,
     DocState,
@@ -55,6 +56,7 @@ from .errors import RequestError, StoreError
 from .ingest import ingest_batch, read_cursor
 from .keys import ServerKeys
 from .observability import BATCH_ACK, BATCH_HEADER, install_observability
+from .published import NAMES, latest
 from .store import AgentRow, Store
 from .web import make_ui
 
@@ -402,6 +404,21 @@ async def post_doc_chunk(request: web.Request) -> web.Response:
     return _reply(request, status, encode_doc_state(state))
 
 
+async def post_published(request: web.Request) -> web.Response:
+    """The newest catalogue or holiday list, if newer than the version the agent holds."""
+    raw = unpack(await _body(request), max_bytes=1024)
+    name, have = raw.get("name") if isinstance(raw, dict) else None, \
+        raw.get("have") if isinstance(raw, dict) else None
+    if name not in NAMES or isinstance(have, bool) or not isinstance(have, int) or have < 0:
+        raise RequestError(400, ErrorCode.MALFORMED,
+                           f"ask for one of {', '.join(NAMES)} with the version held")
+    held = await latest(request.app[STORE], name)
+    version, body = held if held else (0, None)
+    return _reply(request, 200, pack({"v": 1, "kind": "published", "name": name,
+                                      "version": version,
+                                      "body": body if version > have else None}))
+
+
 async def get_root(request: web.Request) -> web.Response:
     raise web.HTTPSeeOther("/ui/")
 
@@ -437,6 +454,7 @@ def make_app(config: ServerConfig, store: Store, keys: ServerKeys,
     app.router.add_post("/v1/cursor", post_cursor)
     app.router.add_post("/v1/enroll", post_enroll)
     app.router.add_post("/v1/rotate", post_rotate)
+    app.router.add_post("/v1/published", post_published)
     app.router.add_get("/healthz", get_health)
     app.router.add_get("/", get_root)
     app.add_subapp("/ui", make_ui(config, store, keys))

@@ -34,6 +34,7 @@ from .enrollment import create_token, revoke_agent
 from .errors import RequestError, SetupError, SyncdError
 from .keys import ServerKeys
 from .observability import json_log_handler
+from .published import publish_catalogue
 from .report import COLUMNS, on_time_report, total_row
 from .sneakernet import BundleRefused, bundle_files, import_folder
 from .store import Store, is_postgres_url, open_store
@@ -208,6 +209,25 @@ async def cmd_user_add(args: argparse.Namespace) -> int:
             return 2
         print(f"User {args.name} added ({args.role}); log in at /ui/ on the server.",
               file=sys.stderr)
+        return 0
+    return await _with_store(args, work)
+
+
+async def cmd_catalogue_import(args: argparse.Namespace) -> int:
+    try:
+        raw = json.loads(Path(args.file).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        print(f"syncd: cannot read {args.file}: {exc}", file=sys.stderr)
+        return 2
+
+    async def work(config: ServerConfig, store: Store) -> int:
+        try:
+            versions = await publish_catalogue(store, raw)
+        except RequestError as exc:
+            print(f"syncd: {args.file}: {exc.message}; nothing changed", file=sys.stderr)
+            return 2
+        print("Published: " + ", ".join(f"{name} version {v}" for name, v in versions.items())
+              + "; agents pull it at their next sync.", file=sys.stderr)
         return 0
     return await _with_store(args, work)
 
@@ -399,6 +419,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--role", choices=ROLES, required=True)
     p.set_defaults(func=cmd_user_add)
+    p = sub.add_parser("catalogue", help="what agents pull: procedures and holidays")
+    catalogue = p.add_subparsers(dest="catalogue_command", required=True, metavar="import")
+    p = catalogue.add_parser("import", parents=[common],
+                             help="publish a catalogue file (JSON: procedures, holidays, "
+                                  "working_weekends)")
+    p.add_argument("file", type=Path)
+    p.set_defaults(func=cmd_catalogue_import)
     p = sub.add_parser("rotate-key", parents=[common],
                        help="add a new server sealing key (old ones are kept)")
     p.set_defaults(func=cmd_rotate_key)

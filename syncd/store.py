@@ -102,6 +102,12 @@ _MIGRATIONS: tuple[str, ...] = (
         token_hash BLOB PRIMARY KEY, user_name TEXT NOT NULL, csrf TEXT NOT NULL,
         created_at TEXT NOT NULL, expires_at TEXT NOT NULL)
     """,
+    # What flows down to agents: the procedure catalogue and the holiday list.
+    """
+    CREATE TABLE published (
+        name TEXT PRIMARY KEY, version INTEGER NOT NULL, body BLOB NOT NULL,
+        updated_at TEXT NOT NULL)
+    """,
 )
 
 
