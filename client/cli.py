@@ -205,9 +205,13 @@ async def cmd_sync_now(args: argparse.Namespace, say: Messages) -> int:
         transport = agent.transport()
         tty = sys.stderr.isatty()
 
-        def progress(acked: int, total: int) -> None:
+        def progress(acked: int, total: int, sent_bytes: int) -> None:
             if tty:
-                print("\r" + say("progress", acked=acked, total=total), end="", file=sys.stderr)
+                filled = 20 * acked // total if total else 20
+                bar = "█" * filled + "░" * (20 - filled)
+                print(f"\r{bar} " + say("progress", acked=acked, total=total,
+                                        kib=max(1, sent_bytes // 1024)),
+                      end="", file=sys.stderr)
 
         engine = agent.engine(transport, progress=progress)
         reason = None

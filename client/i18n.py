@@ -69,7 +69,8 @@ CATALOG: dict[str, tuple[str, str]] = {
                     "The server could not be reached properly: {detail}"),
     "interrupted": ("Đã dừng.", "Stopped."),
     "daemon_started": ("Đang chạy đồng bộ nền cho {agent}.", "Sync daemon running for {agent}."),
-    "progress": ("Đã đồng bộ {acked}/{total} bản ghi", "Synced {acked}/{total} records"),
+    "progress": ("Đã đồng bộ {acked}/{total} bản ghi, đã gửi {kib} KiB",
+                 "Synced {acked}/{total} records, {kib} KiB sent"),
     "export_file": ("Đã ghi {file}: {batches} lô ({records} bản ghi), {chunks} phần tài liệu.",
                     "Wrote {file}: {batches} batches ({records} records), {chunks} document "
                     "chunks."),

@@ -107,7 +107,7 @@ class SyncEngine:
                  pacer: LinkPacer | None = None,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                  clock: Callable[[], float] = time.monotonic,
-                 progress: Callable[[int, int], None] | None = None,
+                 progress: Callable[[int, int, int], None] | None = None,
                  lock_path: Path | None = None, stop: asyncio.Event | None = None,
                  rng: random.Random | None = None,
                  documents: DocumentStore | None = None,
@@ -120,7 +120,8 @@ class SyncEngine:
         self.pacer = pacer or LinkPacer()
         self._sleep = sleep
         self._clock = clock
-        self._progress = progress
+        self._progress = progress  # (records acknowledged, records in all, bytes sent)
+        self.sent_bytes = 0
         self._lock_path = lock_path
         self._stop = stop
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not secrecy
@@ -241,6 +242,7 @@ class SyncEngine:
         signed = encode_batch_body(body, self._config.seal_to(),
                                    level=level_for_rate(self.pacer.rate_bps))
         reply, digest = await self._post("/v1/batches", signed, "batch", raw)
+        self.sent_bytes += len(signed)
         if reply.status == 409:
             refusal = self._refusal(reply)
             if isinstance(refusal, RefusedError) and refusal.code == ErrorCode.GAP:
@@ -290,7 +292,7 @@ class SyncEngine:
         if diverged_at is not None:
             await self._new_epoch(epoch, diverged_at - 1)
         if self._progress is not None:
-            self._progress(held, max(before.last_seq, last_sent))
+            self._progress(held, max(before.last_seq, last_sent), self.sent_bytes)
         return held
 
     async def _new_epoch(self, epoch: int, keep_upto: int) -> None:

@@ -3,7 +3,11 @@ pressed at once (one waits for the other; nothing is sent twice)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import pty
+import re
 import subprocess
 from pathlib import Path
 
@@ -58,3 +62,27 @@ def test_two_sync_now_at_once_one_waits_and_nothing_is_sent_twice(
     log = (server.data_dir.parent / f"{server.data_dir.name}-serve.log").read_text()
     batches = [line for line in log.splitlines() if "records 1-" in line]
     assert len(batches) == 1, batches  # the second run found nothing left to send
+
+
+def test_sync_now_at_a_terminal_shows_a_bar_with_records_and_bytes(
+        tmp_path: Path, server: Server, agent_dir: Path) -> None:
+    add(agent_dir, 30, 4, tmp_path)
+    main, terminal = pty.openpty()
+    try:
+        run = subprocess.Popen([AGENT, "sync-now", "--data-dir", str(agent_dir), "--timeout",
+                                "60"], stdout=subprocess.PIPE, stderr=terminal, text=True,
+                               env=cli_env("vi"))
+        code, out, _ = communicate_within(run, 90)
+        os.close(terminal)
+        terminal = -1
+        shown = b""
+        with contextlib.suppress(OSError):  # EIO once the terminal is closed and drained
+            while chunk := os.read(main, 65536):
+                shown += chunk
+    finally:
+        os.close(main)
+        if terminal != -1:
+            os.close(terminal)
+    text = shown.decode()
+    assert code == 0 and "không còn gì chờ gửi" in out
+    assert re.search(r"█+ Đã đồng bộ 30/30 bản ghi, đã gửi \d+ KiB", text), text
