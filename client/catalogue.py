@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["VIETNAM", "Calendar", "Catalogue", "Procedure", "due_at", "load_calendar",
-           "load_catalogue"]
+           "load_catalogue", "parse_calendar", "parse_catalogue"]
 
 VIETNAM = timezone(timedelta(hours=7), "ICT")
 _SHIPPED = Path(__file__).with_name("data")
@@ -87,9 +87,8 @@ def _read(data_dir: Path | None, name: str) -> dict[str, Any]:
     raise FileNotFoundError(name)
 
 
-def load_catalogue(data_dir: Path | None = None) -> Catalogue:
-    """The catalogue the server last published into ``data_dir``, else the shipped one."""
-    raw = _read(data_dir, "catalogue.json")
+def parse_catalogue(raw: dict[str, Any]) -> Catalogue:
+    """A catalogue document (as shipped or as the server publishes it)."""
     procedures = tuple(Procedure(
         code=str(p["code"]), name=str(p["name"]), field=p.get("field"),
         processing_working_days=p.get("processing_working_days"), fee_vnd=p.get("fee_vnd"),
@@ -97,10 +96,19 @@ def load_catalogue(data_dir: Path | None = None) -> Catalogue:
     return Catalogue(int(raw.get("version", 0)), procedures)
 
 
-def load_calendar(data_dir: Path | None = None) -> Calendar:
-    raw = _read(data_dir, "holidays.json")
+def parse_calendar(raw: dict[str, Any]) -> Calendar:
+    """A holiday-list document (as shipped or as the server publishes it)."""
     return Calendar(frozenset(map(date.fromisoformat, raw.get("holidays", []))),
                     frozenset(map(date.fromisoformat, raw.get("working_weekends", []))))
+
+
+def load_catalogue(data_dir: Path | None = None) -> Catalogue:
+    """The catalogue the server last published into ``data_dir``, else the shipped one."""
+    return parse_catalogue(_read(data_dir, "catalogue.json"))
+
+
+def load_calendar(data_dir: Path | None = None) -> Calendar:
+    return parse_calendar(_read(data_dir, "holidays.json"))
 
 
 def due_at(received_at: datetime, working_days: int | None, calendar: Calendar

@@ -35,7 +35,7 @@ from protocol import (
     decode_event,
     derive_dossier_id,
 )
-from protocol.dossier import STATUS_CODES
+from protocol.dossier import STATUS_LABELS
 
 from .agent import Agent
 from .catalogue import VIETNAM, due_at, load_calendar, load_catalogue
@@ -84,15 +84,6 @@ LABELS: dict[str, tuple[str, str]] = {
     "no_due": ("theo quy định", "as regulated"),
     "fee": ("Phí, lệ phí", "Fees"),
 }
-STATUS_WORDS: dict[str, tuple[str, str]] = {
-    "registered": ("Đã đăng ký", "Registered"), "received": ("Đã tiếp nhận", "Received"),
-    "rejected": ("Từ chối", "Rejected"), "processing": ("Đang xử lý", "Processing"),
-    "supplement_requested": ("Yêu cầu bổ sung", "Supplement requested"),
-    "awaiting_fees": ("Chờ nộp phí", "Awaiting fees"), "withdrawn": ("Rút hồ sơ", "Withdrawn"),
-    "stopped": ("Dừng xử lý", "Stopped"), "finished": ("Đã giải quyết", "Finished"),
-    "returned": ("Đã trả kết quả", "Returned"),
-}
-assert set(STATUS_WORDS) == set(STATUS_CODES)
 
 _env = jinja2.Environment(loader=jinja2.PackageLoader("client", "templates"), autoescape=True)
 
@@ -121,7 +112,7 @@ def _render(request: web.Request, template: str, status: int = 200,
         return datetime.fromisoformat(moment).astimezone(VIETNAM).strftime("%H:%M %d/%m/%Y")
 
     html = _env.get_template(template).render(
-        t=lambda key: LABELS[key][index], status_word=lambda s: STATUS_WORDS[s][index],
+        t=lambda key: LABELS[key][index], status_word=lambda s: STATUS_LABELS[s][index],
         when=when, lang="en" if index else "vi", form_token=request.app[FORM_TOKEN], **context)
     response = web.Response(text=html, status=status, content_type="text/html", charset="utf-8")
     response.headers["Cache-Control"] = "no-store"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +18,9 @@ from protocol import DecodeError
 from protocol.codec import pack, unpack
 
 from .agent import Agent
-from .catalogue import load_calendar, load_catalogue
+from .catalogue import parse_calendar, parse_catalogue
 from .errors import TransportError
+from .files import write_atomic
 from .transport import HttpTransport
 
 __all__ = ["pull_published"]
@@ -39,23 +39,12 @@ def _versions(root: Path) -> dict[str, int]:
     return {k: v for k, v in raw.items() if isinstance(v, int)} if isinstance(raw, dict) else {}
 
 
-def _write(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "wb") as out:
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
-
-
-def _check(name: str, body: bytes, scratch: Path) -> None:
+def _check(name: str, body: bytes) -> None:
     """The document must load the way the intake page will load it."""
-    scratch.mkdir(exist_ok=True)
-    (scratch / f"{name}.json").write_bytes(body)
-    if name == "catalogue":
-        load_catalogue(scratch)
-    else:
-        load_calendar(scratch)
+    raw = json.loads(body)
+    if not isinstance(raw, dict):
+        raise ValueError("not a JSON object")
+    (parse_catalogue if name == "catalogue" else parse_calendar)(raw)
 
 
 async def pull_published(agent: Agent, transport: HttpTransport) -> list[str]:
@@ -78,13 +67,13 @@ async def pull_published(agent: Agent, transport: HttpTransport) -> list[str]:
         if not isinstance(body, bytes):
             raise TransportError(f"{name}: malformed document")
         try:
-            _check(name, body, root / "published.tmp")
+            _check(name, body)
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("published %s version %d refused: %s", name, version, exc)
             continue
-        _write(root / f"{name}.json", body)
+        write_atomic(root / f"{name}.json", body)
         versions[name] = version
-        _write(root / _VERSIONS, json.dumps(versions).encode())
+        write_atomic(root / _VERSIONS, json.dumps(versions).encode())
         log.info("%s version %d received", name, version)
         changed.append(name)
     return changed

@@ -27,6 +27,7 @@ __all__ = [
     "CHANNELS",
     "STATUSES",
     "STATUS_CODES",
+    "STATUS_LABELS",
     "normalise_text",
     "parse_timestamp",
     "validate_dossier",
@@ -47,6 +48,19 @@ STATUS_CODES: Mapping[str, int] = {
     "returned": 10,
 }
 STATUSES = tuple(STATUS_CODES)
+# What a person reads for each status: (Vietnamese, English).
+STATUS_LABELS: Mapping[str, tuple[str, str]] = {
+    "registered": ("Đã đăng ký", "Registered"),
+    "received": ("Đã tiếp nhận", "Received"),
+    "rejected": ("Từ chối", "Rejected"),
+    "processing": ("Đang xử lý", "Processing"),
+    "supplement_requested": ("Yêu cầu bổ sung", "Supplement requested"),
+    "awaiting_fees": ("Chờ nộp phí", "Awaiting fees"),
+    "withdrawn": ("Rút hồ sơ", "Withdrawn"),
+    "stopped": ("Dừng xử lý", "Stopped"),
+    "finished": ("Đã giải quyết", "Finished"),
+    "returned": ("Đã trả kết quả", "Returned"),
+}
 CHANNELS: Mapping[str, int] = {"direct": 1, "online": 2, "postal": 3}
 APPLICANT_TYPES = ("citizen", "business", "agency", "other")
 ID_TYPES = ("cccd", "cmnd", "passport", "tax_code")

@@ -24,12 +24,12 @@ from aiohttp import web
 from multidict import MultiDictProxy
 
 from protocol import (
-    STATUS_CODES,
     DecodeError,
     ValidationError,
     decode_event,
     derive_dossier_id,
 )
+from protocol.dossier import STATUS_LABELS
 from protocol.events import DocumentAdded, DossierCreated, FieldsChanged, StatusChanged
 
 from .accounts import Session, check_login, end_session, find_session, start_session
@@ -138,19 +138,6 @@ LABELS: dict[str, tuple[str, str]] = {
     "hours_ago": ("{n} giờ trước", "{n} h ago"),
     "days_ago": ("{n} ngày trước", "{n} days ago"),
 }
-STATUS_LABELS: dict[str, tuple[str, str]] = {
-    "registered": ("Đã đăng ký", "Registered"),
-    "received": ("Đã tiếp nhận", "Received"),
-    "rejected": ("Từ chối", "Rejected"),
-    "processing": ("Đang xử lý", "Processing"),
-    "supplement_requested": ("Yêu cầu bổ sung", "Supplement requested"),
-    "awaiting_fees": ("Chờ nộp phí", "Awaiting fees"),
-    "withdrawn": ("Rút hồ sơ", "Withdrawn"),
-    "stopped": ("Dừng xử lý", "Stopped"),
-    "finished": ("Đã giải quyết", "Finished"),
-    "returned": ("Đã trả kết quả", "Returned"),
-}
-assert set(STATUS_LABELS) == set(STATUS_CODES)
 
 _env = jinja2.Environment(loader=jinja2.PackageLoader("syncd", "templates"),
                           autoescape=True, undefined=jinja2.StrictUndefined)

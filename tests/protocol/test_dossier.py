@@ -807,3 +807,9 @@ def test_fields_changed_sets_exactly_the_changed_fields(
     after = apply_event(before, wire_event)
     for key in before:
         assert after[key] == (changes[key] if key in changes else before[key]), key
+
+
+def test_every_status_has_words_in_both_languages() -> None:
+    from protocol.dossier import STATUS_CODES, STATUS_LABELS
+    assert set(STATUS_LABELS) == set(STATUS_CODES)
+    assert all(vi and en and vi != en for vi, en in STATUS_LABELS.values())
