@@ -21,6 +21,7 @@ from typing import Any
 from .agent import Agent, enroll
 from .clock import wall_now
 from .config import AgentPaths, default_data_dir
+from .control import Failure, ask_daemon, daemon_port, describe_failure
 from .daemon import run_daemon
 from .errors import (
     AgentError,
@@ -33,7 +34,8 @@ from .errors import (
     TransportError,
 )
 from .i18n import Messages, pick_language
-from .lock import SyncLock
+from .intake import api_token
+from .lock import SyncLock, held_elsewhere
 from .published import pull_quietly
 from .sneakernet import export_bundles, import_acks
 
@@ -167,22 +169,29 @@ async def cmd_verify(args: argparse.Namespace, say: Messages) -> int:
     return await _with_agent(AgentPaths(args.data_dir), work)
 
 
+def _failure_words(say: Messages, failure: Failure) -> str:
+    """One sentence for the officer: why a sync (here or in the daemon) left records waiting."""
+    if failure.kind == "damaged":
+        return say("reason_damaged", seq=failure.seq)
+    if failure.kind == "document":
+        return say("document_bad", sha256=failure.sha256)
+    if failure.kind == "revoked":
+        return say("reason_revoked")
+    if failure.kind == "refused":
+        return say("reason_refused", error=failure.message)
+    if failure.kind == "stopped":
+        return say("reason_stopped")
+    return say("reason_unreachable", error=failure.message)
+
+
 def _why_waiting(exc: BaseException, say: Messages, last_error: str | None,
                  timeout_s: float) -> str:
     """One sentence for the officer: why records still wait."""
     if isinstance(exc, TimeoutError):
         return say("reason_timeout", seconds=timeout_s, error=last_error or "—")
-    if isinstance(exc, QueueCorrupt):
-        return say("reason_damaged", seq=exc.seq)
-    if isinstance(exc, DocumentDamaged):
-        return say("document_bad", sha256=exc.sha256)
     if isinstance(exc, LockBusy):
         return say("reason_busy")
-    if isinstance(exc, RefusedError) and exc.code == "revoked":
-        return say("reason_revoked")
-    if isinstance(exc, RefusedError):
-        return say("reason_refused", error=exc)
-    return say("reason_unreachable", error=exc)
+    return _failure_words(say, describe_failure(exc))
 
 
 async def _report_sync(agent: Agent, say: Messages, reason: str | None) -> int:
@@ -200,33 +209,76 @@ async def _report_sync(agent: Agent, say: Messages, reason: str | None) -> int:
     return EXIT_OK
 
 
+class _Bar:
+    """The progress bar ``sync-now`` draws at a terminal (records and bytes)."""
+
+    def __init__(self, say: Messages) -> None:
+        self._say = say
+        self.shown = sys.stderr.isatty()
+
+    def __call__(self, acked: int, total: int, sent_bytes: int) -> None:
+        if self.shown:
+            filled = 20 * acked // total if total else 20
+            bar = "█" * filled + "░" * (20 - filled)
+            print(f"\r{bar} " + self._say("progress", acked=acked, total=total,
+                                          kib=max(1, sent_bytes // 1024)),
+                  end="", file=sys.stderr)
+
+    def close(self) -> None:
+        if self.shown:
+            print(file=sys.stderr)
+
+
+async def _follow_daemon(agent: Agent, say: Messages, port: int, bar: _Bar,
+                         timeout_s: float) -> str | None:
+    """Ask the running daemon to sync and follow it; return why records still
+    wait (None: nothing does).
+
+    Raises:
+        ConnectionError: the daemon did not answer or stopped first.
+    """
+    print(say("asking_daemon"), file=sys.stderr)
+    try:
+        async with asyncio.timeout(timeout_s):
+            failure = await ask_daemon(port, api_token(agent.paths.root), bar)
+    except TimeoutError as exc:
+        return _why_waiting(exc, say, (await agent.queue.status()).last_error, timeout_s)
+    return None if failure is None else _failure_words(say, failure)
+
+
+async def _sync_here(agent: Agent, say: Messages, bar: _Bar, timeout_s: float) -> str | None:
+    """Sync from this process, under the sync lock; return why records still wait."""
+    transport = agent.transport()
+    engine = agent.engine(transport, progress=bar)
+    await agent.queue.wake()  # a daemon that just started stops waiting out its backoff
+    try:
+        async with asyncio.timeout(timeout_s):
+            await engine.push_until_done(timeout_s=timeout_s)
+            await pull_quietly(agent, transport)  # what the province publishes
+    except (TimeoutError, AgentError) as exc:
+        last_error = (await agent.queue.status()).last_error
+        return _why_waiting(exc, say, last_error, timeout_s)
+    finally:
+        await transport.close()
+    return None
+
+
 async def cmd_sync_now(args: argparse.Namespace, say: Messages) -> int:
     async def work(agent: Agent) -> int:
-        transport = agent.transport()
-        tty = sys.stderr.isatty()
-
-        def progress(acked: int, total: int, sent_bytes: int) -> None:
-            if tty:
-                filled = 20 * acked // total if total else 20
-                bar = "█" * filled + "░" * (20 - filled)
-                print(f"\r{bar} " + say("progress", acked=acked, total=total,
-                                        kib=max(1, sent_bytes // 1024)),
-                      end="", file=sys.stderr)
-
-        engine = agent.engine(transport, progress=progress)
-        reason = None
-        await agent.queue.wake()  # a running daemon stops waiting out its backoff
+        bar = _Bar(say)
+        deadline = asyncio.get_running_loop().time() + args.timeout
         try:
-            async with asyncio.timeout(args.timeout):
-                await engine.push_until_done(timeout_s=args.timeout)
-                await pull_quietly(agent, transport)  # what the province publishes
-        except (TimeoutError, AgentError) as exc:
-            last_error = (await agent.queue.status()).last_error
-            reason = _why_waiting(exc, say, last_error, args.timeout)
+            port = daemon_port(agent.paths)
+            if port is not None:
+                try:
+                    reason = await _follow_daemon(agent, say, port, bar, args.timeout)
+                    return await _report_sync(agent, say, reason)
+                except ConnectionError as exc:
+                    print(say("daemon_gone", detail=exc), file=sys.stderr)
+            left = max(1.0, deadline - asyncio.get_running_loop().time())
+            reason = await _sync_here(agent, say, bar, left)
         finally:
-            await transport.close()
-            if tty:
-                print(file=sys.stderr)
+            bar.close()
         return await _report_sync(agent, say, reason)
     return await _with_agent(AgentPaths(args.data_dir), work)
 
@@ -244,6 +296,9 @@ async def cmd_run(args: argparse.Namespace, say: Messages) -> int:
     if not 0 <= args.ui_port <= 65535:
         print(say("bad_port"), file=sys.stderr)
         return EXIT_INPUT
+    if held_elsewhere(AgentPaths(args.data_dir).daemon_lock):
+        print(say("daemon_running"), file=sys.stderr)
+        return EXIT_ERROR
     await run_daemon(AgentPaths(args.data_dir), ui_port=args.ui_port)
     return EXIT_OK
 

@@ -63,6 +63,16 @@ class AgentPaths:
     def sync_lock(self) -> Path:
         return self.root / "sync.lock"
 
+    @property
+    def daemon_lock(self) -> Path:
+        """Held by ``sync-agent run`` for as long as it lives."""
+        return self.root / "daemon.lock"
+
+    @property
+    def daemon_file(self) -> Path:
+        """Where the running daemon says which loopback port it answers on."""
+        return self.root / "daemon.json"
+
 
 @dataclass(frozen=True)
 class AgentConfig:

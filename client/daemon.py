@@ -3,6 +3,11 @@
 The daemon polls the queue's position cheaply (new records from ``add`` in
 another process show up within ``poll_s``), pushes with the engine's retry
 loop, and on SIGTERM finishes the batch in flight before it closes.
+
+It holds ``daemon.lock`` while it lives (a second daemon on the same data
+directory refuses to start) and answers ``sync-now`` on a loopback control
+port (:mod:`client.control`): a sync asked for starts at once, and the
+asker follows its progress.
 """
 
 from __future__ import annotations
@@ -16,8 +21,18 @@ from aiohttp import web
 
 from .agent import Agent
 from .config import AgentPaths
-from .errors import AgentError, QueueCorrupt
-from .intake import make_intake_app
+from .control import (
+    STOPPED,
+    Failure,
+    SyncActivity,
+    announce,
+    describe_failure,
+    make_control_app,
+    withdraw,
+)
+from .errors import AgentError, QueueCorrupt, SetupError
+from .intake import api_token, make_intake_app
+from .lock import HeldForLife
 from .published import pull_quietly
 from .sync import Stopped
 
@@ -26,10 +41,10 @@ __all__ = ["run_daemon"]
 log = logging.getLogger("client.daemon")
 
 
-async def _start_page(agent: Agent, port: int) -> web.AppRunner | None:
+async def _start_page(agent: Agent, port: int, activity: SyncActivity) -> web.AppRunner | None:
     """The intake page and local API on 127.0.0.1:``port``; syncing goes on without it
     if the port is taken."""
-    runner = web.AppRunner(make_intake_app(agent), access_log=None)
+    runner = web.AppRunner(make_intake_app(agent, activity), access_log=None)
     await runner.setup()
     try:
         await web.TCPSite(runner, "127.0.0.1", port).start()
@@ -42,12 +57,49 @@ async def _start_page(agent: Agent, port: int) -> web.AppRunner | None:
     return runner
 
 
+async def _start_control(agent: Agent, activity: SyncActivity) -> web.AppRunner:
+    """The control port ``sync-now`` asks (127.0.0.1, a free port, announced in
+    ``daemon.json``)."""
+    runner = web.AppRunner(make_control_app(activity, api_token(agent.paths.root),
+                                            agent.queue.wake),
+                           access_log=None, shutdown_timeout=2.0)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    announce(agent.paths, runner.addresses[0][1])
+    return runner
+
+
+async def _either(first: asyncio.Event, second: asyncio.Event, timeout_s: float) -> None:
+    """Wait until either event is set, or ``timeout_s``."""
+    waits = [asyncio.ensure_future(first.wait()), asyncio.ensure_future(second.wait())]
+    try:
+        await asyncio.wait(waits, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
+
+
 async def run_daemon(paths: AgentPaths, *, poll_s: float = 0.5, refused_pause_s: float = 60.0,
                      stop: asyncio.Event | None = None, ui_port: int = 8701,
                      pull_every_s: float = 600.0) -> None:
     """Run until ``stop`` is set (SIGTERM and SIGINT set it); serve the intake page
-    on ``ui_port`` (0: no page)."""
-    stop = stop or asyncio.Event()
+    on ``ui_port`` (0: no page).
+
+    Raises:
+        SetupError: another daemon runs on this data directory.
+    """
+    life = HeldForLife(paths.daemon_lock)
+    if not life.acquire():
+        raise SetupError("another `sync-agent run` is already running for this data directory")
+    try:
+        await _run(paths, poll_s, refused_pause_s, stop or asyncio.Event(), ui_port,
+                   pull_every_s)
+    finally:
+        life.release()
+
+
+async def _run(paths: AgentPaths, poll_s: float, refused_pause_s: float, stop: asyncio.Event,
+               ui_port: int, pull_every_s: float) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         # Windows event loops have no signal handlers; the service manager stops
@@ -55,35 +107,48 @@ async def run_daemon(paths: AgentPaths, *, poll_s: float = 0.5, refused_pause_s:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     agent = await Agent.open(paths)
+    activity = SyncActivity()
     transport = agent.transport()
-    engine = agent.engine(transport, stop=stop)
+    engine = agent.engine(transport, stop=stop, progress=activity.progress)
     log.info("daemon running for agent %s", agent.config.agent_id)
-    page = await _start_page(agent, ui_port) if ui_port else None
+    control = await _start_control(agent, activity)
+    page = await _start_page(agent, ui_port, activity) if ui_port else None
     next_pull = 0.0
     try:
         while not stop.is_set():
             if loop.time() >= next_pull:  # the catalogue and holidays the province publishes
                 await pull_quietly(agent, transport)
                 next_pull = loop.time() + pull_every_s
-            if await agent.waiting():
+            if activity.requested.is_set() or await agent.waiting():
+                activity.requested.clear()
+                activity.begin(engine.sent_bytes)
+                failure: Failure | None = STOPPED
                 try:
-                    await engine.push_until_done()
-                    next_pull = 0.0  # the link works: fetch what changed meanwhile
+                    await engine.push_until_done(on_retry=activity.retrying)
+                    await pull_quietly(agent, transport)  # the link works: what changed
+                    next_pull = loop.time() + pull_every_s
+                    failure = None
                 except Stopped:
                     break
                 except QueueCorrupt as exc:
                     log.error("queue damaged at epoch %d seq %d; not sending it", exc.epoch,
                               exc.seq)
-                    await engine.pause(refused_pause_s)
+                    failure = describe_failure(exc)
                 except AgentError as exc:
                     log.warning("sync refused: %s", exc)
-                    await engine.pause(refused_pause_s)
+                    failure = describe_failure(exc)
+                finally:
+                    activity.end(failure)
+                if failure is not None:
+                    await engine.pause(refused_pause_s)  # `sync-now` cuts it short
                 continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), poll_s)
+            await _either(stop, activity.requested, poll_s)
     except Stopped:
         pass
     finally:
+        activity.close()
+        withdraw(paths)
+        await control.cleanup()
         if page is not None:
             await page.cleanup()
         await transport.close()

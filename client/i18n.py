@@ -71,6 +71,17 @@ CATALOG: dict[str, tuple[str, str]] = {
     "daemon_started": ("Đang chạy đồng bộ nền cho {agent}.", "Sync daemon running for {agent}."),
     "progress": ("Đã đồng bộ {acked}/{total} bản ghi, đã gửi {kib} KiB",
                  "Synced {acked}/{total} records, {kib} KiB sent"),
+    "asking_daemon": ("Dịch vụ đồng bộ nền đang chạy; đã yêu cầu nó gửi ngay và đang theo dõi.",
+                      "The background sync service is running; asked it to send now and "
+                      "following its progress."),
+    "daemon_gone": ("Dịch vụ đồng bộ nền không trả lời ({detail}); máy này tự gửi.",
+                    "The background sync service did not answer ({detail}); syncing here "
+                    "instead."),
+    "daemon_running": ("Dịch vụ đồng bộ nền đã chạy cho thư mục dữ liệu này rồi.",
+                       "The background sync service is already running for this data "
+                       "directory."),
+    "reason_stopped": ("dịch vụ đồng bộ nền đang dừng", "the background sync service is "
+                       "stopping"),
     "export_file": ("Đã ghi {file}: {batches} lô ({records} bản ghi), {chunks} phần tài liệu.",
                     "Wrote {file}: {batches} batches ({records} records), {chunks} document "
                     "chunks."),

@@ -40,6 +40,7 @@ from protocol.dossier import STATUS_LABELS
 from .agent import Agent
 from .catalogue import VIETNAM, due_at, load_calendar, load_catalogue
 from .clock import local_now_iso
+from .control import SyncActivity
 from .errors import InputError
 
 __all__ = ["API_TOKEN_FILE", "api_token", "make_intake_app"]
@@ -49,6 +50,7 @@ API_TOKEN_FILE = "api.token"  # noqa: S105 - a file name, not a secret
 AGENT = web.AppKey("agent", Agent)
 FORM_TOKEN = web.AppKey("form_token", str)
 API_TOKEN = web.AppKey("api_token", str)
+ACTIVITY = web.AppKey("activity", SyncActivity)
 _MAX_UPLOAD = 50 * 1024 * 1024
 _OFFICER = "Cán bộ tiếp nhận: "  # how the receiving officer is kept in the dossier's notes
 _CHANGEABLE = ("processing", "supplement_requested", "finished", "returned")
@@ -78,6 +80,7 @@ LABELS: dict[str, tuple[str, str]] = {
     "back": ("Quay lại", "Back"),
     "change": ("Đổi", "Change"),
     "waiting": ("chờ gửi", "waiting"),
+    "sending": ("đang gửi", "sending"),
     "synced": ("đã đồng bộ", "synced"),
     "refused": ("bị từ chối", "refused"),
     "none": ("Chưa có hồ sơ nào hôm nay.", "No dossier today yet."),
@@ -162,6 +165,11 @@ async def get_index(request: web.Request, problems: list[str] | None = None,
             if datetime.fromisoformat(s["dossier"]["received_at"]).astimezone(VIETNAM).date()
             == today]
     rows.sort(key=lambda s: s["dossier"]["received_at"], reverse=True)
+    activity = request.app.get(ACTIVITY)
+    if activity is not None and activity.sending:  # the daemon is sending what waits
+        for row in rows:
+            if row["sync"] == "waiting":
+                row["sync"] = "sending"
     return _render(request, "intake.html", status, rows=rows, problems=problems or [],
                    procedures=load_catalogue(agent.paths.root).procedures,
                    changeable=_CHANGEABLE, officer=request.cookies.get("officer", ""))
@@ -300,9 +308,13 @@ async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
                             text="Lỗi tạm thời, xin thử lại. / Temporary error, please retry.")
 
 
-def make_intake_app(agent: Agent) -> web.Application:
+def make_intake_app(agent: Agent, activity: SyncActivity | None = None) -> web.Application:
+    """The page and API for ``agent``; with the daemon's ``activity``, records it
+    is sending say so."""
     app = web.Application(client_max_size=_MAX_UPLOAD + 1024 * 1024, middlewares=[_errors])
     app[AGENT] = agent
+    if activity is not None:
+        app[ACTIVITY] = activity
     app[FORM_TOKEN] = secrets.token_urlsafe(24)
     app[API_TOKEN] = api_token(agent.paths.root)
     app.router.add_get("/", get_index)

@@ -15,7 +15,7 @@ from types import TracebackType
 
 from .errors import LockBusy
 
-__all__ = ["SyncLock"]
+__all__ = ["HeldForLife", "SyncLock", "held_elsewhere"]
 
 if os.name == "nt":  # pragma: no cover - exercised on Windows only
     import msvcrt
@@ -69,3 +69,39 @@ class SyncLock:
             _unlock(self._fd)
             os.close(self._fd)
             self._fd = None
+
+
+class HeldForLife:
+    """A lock a process keeps while it lives (the daemon's ``daemon.lock``), so
+    others can tell it is running: the operating system drops it when the
+    holder dies, even by SIGKILL, so a lock never outlives its daemon."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._fd: int | None = None
+
+    def acquire(self) -> bool:
+        """Take the lock; False if another process holds it."""
+        fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+        if not _try_lock(fd):
+            os.close(fd)
+            return False
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        if self._fd is not None:
+            _unlock(self._fd)
+            os.close(self._fd)
+            self._fd = None
+
+
+def held_elsewhere(path: Path) -> bool:
+    """Whether another process holds the lock at ``path`` now."""
+    if not path.exists():
+        return False
+    probe = HeldForLife(path)
+    if probe.acquire():
+        probe.release()
+        return False
+    return True
