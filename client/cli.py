@@ -299,7 +299,7 @@ async def cmd_run(args: argparse.Namespace, say: Messages) -> int:
     if held_elsewhere(AgentPaths(args.data_dir).daemon_lock):
         print(say("daemon_running"), file=sys.stderr)
         return EXIT_ERROR
-    await run_daemon(AgentPaths(args.data_dir), ui_port=args.ui_port)
+    await run_daemon(AgentPaths(args.data_dir), ui_port=args.ui_port, scan_dir=args.scan_dir)
     return EXIT_OK
 
 
@@ -386,6 +386,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", parents=[common], help="run the sync daemon")
     p.add_argument("--ui-port", type=int, default=8701,
                    help="intake page and local API on 127.0.0.1 (default 8701; 0: none)")
+    p.add_argument("--scan-dir", type=Path, default=None,
+                   help="folder the scanner saves into; its finished files are offered on the "
+                        "intake page (default: scans in the data directory)")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("rotate-key", parents=[common],
                        help="replace this PC's signing key (registered with the server)")

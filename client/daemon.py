@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from pathlib import Path
 
 from aiohttp import web
 
@@ -34,6 +35,7 @@ from .errors import AgentError, QueueCorrupt, SetupError
 from .intake import api_token, make_intake_app
 from .lock import HeldForLife
 from .published import pull_quietly
+from .scans import ScanFolder
 from .sync import Stopped
 
 __all__ = ["run_daemon"]
@@ -41,10 +43,11 @@ __all__ = ["run_daemon"]
 log = logging.getLogger("client.daemon")
 
 
-async def _start_page(agent: Agent, port: int, activity: SyncActivity) -> web.AppRunner | None:
+async def _start_page(agent: Agent, port: int, activity: SyncActivity,
+                      scans: ScanFolder) -> web.AppRunner | None:
     """The intake page and local API on 127.0.0.1:``port``; syncing goes on without it
     if the port is taken."""
-    runner = web.AppRunner(make_intake_app(agent, activity), access_log=None)
+    runner = web.AppRunner(make_intake_app(agent, activity, scans), access_log=None)
     await runner.setup()
     try:
         await web.TCPSite(runner, "127.0.0.1", port).start()
@@ -81,9 +84,10 @@ async def _either(first: asyncio.Event, second: asyncio.Event, timeout_s: float)
 
 async def run_daemon(paths: AgentPaths, *, poll_s: float = 0.5, refused_pause_s: float = 60.0,
                      stop: asyncio.Event | None = None, ui_port: int = 8701,
-                     pull_every_s: float = 600.0) -> None:
+                     pull_every_s: float = 600.0, scan_dir: Path | None = None) -> None:
     """Run until ``stop`` is set (SIGTERM and SIGINT set it); serve the intake page
-    on ``ui_port`` (0: no page).
+    on ``ui_port`` (0: no page), offering the scans that land in ``scan_dir``
+    (default: ``scans`` in the data directory).
 
     Raises:
         SetupError: another daemon runs on this data directory.
@@ -93,13 +97,13 @@ async def run_daemon(paths: AgentPaths, *, poll_s: float = 0.5, refused_pause_s:
         raise SetupError("another `sync-agent run` is already running for this data directory")
     try:
         await _run(paths, poll_s, refused_pause_s, stop or asyncio.Event(), ui_port,
-                   pull_every_s)
+                   pull_every_s, ScanFolder(scan_dir or paths.root / "scans"))
     finally:
         life.release()
 
 
 async def _run(paths: AgentPaths, poll_s: float, refused_pause_s: float, stop: asyncio.Event,
-               ui_port: int, pull_every_s: float) -> None:
+               ui_port: int, pull_every_s: float, scans: ScanFolder) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         # Windows event loops have no signal handlers; the service manager stops
@@ -112,7 +116,8 @@ async def _run(paths: AgentPaths, poll_s: float, refused_pause_s: float, stop: a
     engine = agent.engine(transport, stop=stop, progress=activity.progress)
     log.info("daemon running for agent %s", agent.config.agent_id)
     control = await _start_control(agent, activity)
-    page = await _start_page(agent, ui_port, activity) if ui_port else None
+    page = await _start_page(agent, ui_port, activity, scans) if ui_port else None
+    watcher = asyncio.create_task(scans.watch(stop)) if page is not None else None
     next_pull = 0.0
     try:
         while not stop.is_set():
@@ -147,6 +152,10 @@ async def _run(paths: AgentPaths, poll_s: float, refused_pause_s: float, stop: a
         pass
     finally:
         activity.close()
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
         withdraw(paths)
         await control.cleanup()
         if page is not None:

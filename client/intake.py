@@ -1,7 +1,8 @@
 """The intake page and local JSON API the daemon serves on 127.0.0.1.
 
 * The page records a dossier (procedure from the catalogue, applicant,
-  documents uploaded), computes its due date in working days, saves it
+  documents uploaded or picked from the watched scan folder, see
+  :mod:`client.scans`), computes its due date in working days, saves it
   through the same path as ``sync-agent add`` and shows a printable receipt;
   it lists today's dossiers with their sync state in words, and records
   status changes. Vietnamese first, ``?lang=en`` for English.
@@ -42,6 +43,7 @@ from .catalogue import VIETNAM, due_at, load_calendar, load_catalogue
 from .clock import local_now_iso
 from .control import SyncActivity
 from .errors import InputError
+from .scans import ScanFolder
 
 __all__ = ["API_TOKEN_FILE", "api_token", "make_intake_app"]
 
@@ -51,6 +53,7 @@ AGENT = web.AppKey("agent", Agent)
 FORM_TOKEN = web.AppKey("form_token", str)
 API_TOKEN = web.AppKey("api_token", str)
 ACTIVITY = web.AppKey("activity", SyncActivity)
+SCANS = web.AppKey("scans", ScanFolder)
 _MAX_UPLOAD = 50 * 1024 * 1024
 _OFFICER = "Cán bộ tiếp nhận: "  # how the receiving officer is kept in the dossier's notes
 _CHANGEABLE = ("processing", "supplement_requested", "finished", "returned")
@@ -65,6 +68,8 @@ LABELS: dict[str, tuple[str, str]] = {
     "address": ("Địa chỉ", "Address"),
     "documents": ("Giấy tờ nộp kèm (mỗi dòng một loại)", "Documents (one per line)"),
     "files": ("Tệp quét", "Scanned files"),
+    "scans": ("Tệp trong thư mục máy quét", "Files in the scanner's folder"),
+    "no_scans": ("Chưa có tệp quét mới.", "No new scan."),
     "documents_received": ("Giấy tờ đã nhận", "Documents received"),
     "officer": ("Cán bộ tiếp nhận", "Receiving officer"),
     "save": ("Lưu và in giấy hẹn", "Save and print receipt"),
@@ -170,8 +175,11 @@ async def get_index(request: web.Request, problems: list[str] | None = None,
         for row in rows:
             if row["sync"] == "waiting":
                 row["sync"] = "sending"
+    scans = request.app.get(SCANS)
     return _render(request, "intake.html", status, rows=rows, problems=problems or [],
                    procedures=load_catalogue(agent.paths.root).procedures,
+                   scans=scans.offered() if scans else None,
+                   scan_folder=str(scans.folder) if scans else "",
                    changeable=_CHANGEABLE, officer=request.cookies.get("officer", ""))
 
 
@@ -217,10 +225,21 @@ async def post_dossier(request: web.Request) -> web.StreamResponse:
             path = Path(scratch) / f"{len(documents)}-{name}"
             path.write_bytes(field.file.read(_MAX_UPLOAD + 1)[:_MAX_UPLOAD])
             documents.append({"name": name, "path": str(path)})
+        scans = request.app.get(SCANS)
+        chosen = [str(name) for name in form.getall("scans", [])]
+        for name in chosen:
+            path = scans.path_of(name) if scans else None
+            if path is None:
+                return await get_index(request, [
+                    f"scans: tệp “{name}” không còn trong thư mục quét / “{name}” is no "
+                    "longer in the scan folder"], status=400)
+            documents.append({"name": name, "path": str(path)})
         try:
             [dossier_id] = await agent.add([_dossier_from_form(agent, form, documents)])
         except InputError as exc:
             return await get_index(request, exc.problems or [str(exc)], status=400)
+    if scans is not None and chosen:
+        scans.set_aside(chosen)  # copied into the dossier: out of the list, not deleted
     log.info("dossier %s recorded from the intake page", dossier_id)
     response = web.HTTPSeeOther(f"/dossiers/{dossier_id}/receipt")
     if officer := str(form.get("officer", "")).strip():
@@ -308,13 +327,16 @@ async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
                             text="Lỗi tạm thời, xin thử lại. / Temporary error, please retry.")
 
 
-def make_intake_app(agent: Agent, activity: SyncActivity | None = None) -> web.Application:
+def make_intake_app(agent: Agent, activity: SyncActivity | None = None,
+                    scans: ScanFolder | None = None) -> web.Application:
     """The page and API for ``agent``; with the daemon's ``activity``, records it
-    is sending say so."""
+    is sending say so; with ``scans``, finished scans are offered on the form."""
     app = web.Application(client_max_size=_MAX_UPLOAD + 1024 * 1024, middlewares=[_errors])
     app[AGENT] = agent
     if activity is not None:
         app[ACTIVITY] = activity
+    if scans is not None:
+        app[SCANS] = scans
     app[FORM_TOKEN] = secrets.token_urlsafe(24)
     app[API_TOKEN] = api_token(agent.paths.root)
     app.router.add_get("/", get_index)

@@ -26,7 +26,7 @@ PROCEDURE = "1.004873"  # Cấp Giấy xác nhận tình trạng hôn nhân: thr
 
 
 @pytest.fixture
-def desk(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Server, str]]:
+def desk(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Server, str, Path]]:
     server = Server(tmp_path / "server").init().start()
     agent_dir = enroll_agent(server, tmp_path / "agent")
     server.stop()  # the link is down when the citizen arrives
@@ -38,7 +38,7 @@ def desk(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Serve
     wait_until(lambda: "intake page on" in (tmp_path / "daemon.log").read_text()
                or daemon.poll() is not None, what="the intake page")
     try:
-        yield server, f"http://127.0.0.1:{port}/"
+        yield server, f"http://127.0.0.1:{port}/", agent_dir / "scans"
     finally:
         daemon.terminate()
         daemon.wait(timeout=30)
@@ -57,15 +57,23 @@ def page() -> Iterator[Page]:
 
 
 def test_record_a_dossier_print_its_receipt_and_see_it_synced(
-        desk: tuple[Server, str], page: Page) -> None:
-    server, url = desk
+        desk: tuple[Server, str, Path], page: Page) -> None:
+    server, url, scans = desk
     OUTPUT.mkdir(exist_ok=True)
-    page.goto(url)
+    (scans / "giay-khai-sinh-ban-sao.pdf").write_bytes(b"%PDF-1.4 scanned page\n" * 400)
+    (scans / "so-ho-khau.pdf").write_bytes(b"%PDF-1.4 another scan\n" * 300)
+
+    def offered() -> bool:
+        page.goto(url)
+        return page.locator("input[name=scans]").count() == 2
+    wait_until(offered, timeout_s=30, interval_s=0.3, what="the scans to be offered")
     expect(page.locator("h2").first).to_have_text("Hồ sơ mới")
     page.select_option("select[name=procedure_code]", PROCEDURE)
     page.fill("input[name=applicant_name]", "Sùng Thị Hoa")
     page.fill("input[name=applicant_id_number]", "011234567891")
     page.fill("textarea[name=documents]", "Tờ khai\nBản sao CCCD")
+    page.locator("input[name=scans][value='giay-khai-sinh-ban-sao.pdf']").focus()
+    page.keyboard.press("Space")  # ticked from the keyboard
     page.fill("input[name=officer]", "Vàng A Páo")
     page.keyboard.press("Enter")  # the keyboard alone submits the form
 
@@ -81,6 +89,7 @@ def test_record_a_dossier_print_its_receipt_and_see_it_synced(
     expect(page.locator("#due")).to_have_text(due.strftime("%H:%M %d/%m/%Y"))
     expect(page.locator("#receipt")).to_contain_text("Sùng Thị Hoa")
     expect(page.locator("#receipt")).to_contain_text("Bản sao CCCD")
+    expect(page.locator("#receipt")).to_contain_text("giay-khai-sinh-ban-sao.pdf")
     page.emulate_media(media="print")
     expect(page.get_by_role("button", name="In")).to_be_hidden()  # not on paper
     page.screenshot(path=str(OUTPUT / "receipt.png"), full_page=True)
@@ -88,7 +97,14 @@ def test_record_a_dossier_print_its_receipt_and_see_it_synced(
 
     page.get_by_role("link", name="Quay lại").click()
     row = page.locator("#today tbody tr", has_text=code)
-    expect(row.locator("td.sync")).to_have_text("chờ gửi")
+
+    def waiting() -> bool:  # "đang gửi" while the daemon's first try is on its way
+        page.reload()
+        return row.locator("td.sync").inner_text() == "chờ gửi"
+    wait_until(waiting, timeout_s=30, interval_s=0.3, what="the list to say waiting")
+    # The attached scan left the offer; the other one is still there.
+    expect(page.locator("input[name=scans]")).to_have_count(1)
+    assert (scans / "attached" / "giay-khai-sinh-ban-sao.pdf").exists()
     page.screenshot(path=str(OUTPUT / "intake.png"), full_page=True)
 
     server.start()  # the link is back; the daemon pushes by itself
