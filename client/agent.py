@@ -25,6 +25,7 @@ from protocol import (
     SignatureError,
     StatusChanged,
     ValidationError,
+    decode_event,
     derive_dossier_id,
     encode_event,
     pack,
@@ -208,6 +209,23 @@ class Agent:
     def _save_config(self, config: AgentConfig) -> None:
         self.config = config
         config.save(self.paths)
+
+    async def pending_dossiers(self) -> int:
+        """How many dossiers have records not yet acknowledged (a record that
+        cannot be read counts as one)."""
+        status = await self.queue.status()
+        if status.pending <= 0:
+            return 0
+        batch = await self.queue.read_pending(max_records=status.pending, max_bytes=1 << 62)
+        ids: set[str] = set()
+        for seq, data in enumerate(batch.records, start=batch.first_seq):
+            try:
+                ids.add(decode_event(data, derived_id=derive_dossier_id(
+                    self.config.agent_id, batch.epoch, seq)).dossier_id)
+            except (DecodeError, ValidationError):
+                ids.add(f"#{seq}")
+        unread = status.pending - len(batch.records)  # past a damaged record
+        return len(ids) + max(0, unread)
 
     async def waiting(self) -> bool:
         """Whether any record or document still waits for the server."""

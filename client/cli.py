@@ -130,7 +130,9 @@ async def cmd_status(args: argparse.Namespace, say: Messages) -> int:
     async def work(agent: Agent) -> int:
         st = await agent.queue.status()
         docs, doc_bytes = await agent.queue.documents_waiting()
-        report = {"pending": st.pending, "acked_seq": st.acked_seq, "last_seq": st.last_seq,
+        dossiers = await agent.pending_dossiers()
+        report = {"pending": st.pending, "dossiers_pending": dossiers,
+                  "acked_seq": st.acked_seq, "last_seq": st.last_seq,
                   "epoch": st.epoch, "last_success": st.last_success,
                   "last_error": st.last_error, "refused": st.refused,
                   "documents_pending": docs, "document_bytes_pending": doc_bytes,
@@ -140,7 +142,9 @@ async def cmd_status(args: argparse.Namespace, say: Messages) -> int:
             return EXIT_OK
         ago = _ago(say, st.last_success)
         if st.pending:
-            print(say("status_waiting", pending=st.pending, ago=ago))
+            print(say("status_waiting", dossiers=dossiers, ago=ago))
+            if dossiers != st.pending:
+                print(say("status_records", pending=st.pending))
             if st.last_error:
                 print(say("status_reason", reason=st.last_error))
         else:

@@ -15,11 +15,11 @@ from tests.support.dossiers import make_dossiers
 from tests.support.procs import AGENT, Server, agent, cli_env, communicate_within
 
 
-def add(agent_dir: Path, count: int, seed: int, tmp_path: Path) -> None:
+def add(agent_dir: Path, count: int, seed: int, tmp_path: Path) -> list[str]:
     path = tmp_path / f"dossiers-{seed}.json"
     path.write_text(json.dumps(make_dossiers(count, seed=seed), ensure_ascii=False),
                     encoding="utf-8")
-    agent("add", "--data-dir", str(agent_dir), str(path))
+    return agent("add", "--data-dir", str(agent_dir), str(path)).stdout.split()
 
 
 def test_status_says_in_words_what_waits_and_when_it_last_synced(
@@ -32,13 +32,17 @@ def test_status_says_in_words_what_waits_and_when_it_last_synced(
     assert "Mọi bản ghi đã đến tỉnh; lần đồng bộ gần nhất vừa xong." in synced
 
     server.stop()
-    add(agent_dir, 3, 2, tmp_path)
+    [first, *_] = add(agent_dir, 3, 2, tmp_path)
+    agent("update", "--data-dir", str(agent_dir), first, "--status", "processing")
     agent("sync-now", "--data-dir", str(agent_dir), "--timeout", "2", check=False)
     vi = agent("status", "--data-dir", str(agent_dir), lang="vi").stdout
-    assert "3 bản ghi chưa đồng bộ; lần đồng bộ gần nhất vừa xong." in vi
+    assert "3 hồ sơ chưa đồng bộ; lần đồng bộ gần nhất vừa xong." in vi
+    assert "Chờ gửi 4 bản ghi (hồ sơ mới và thay đổi trạng thái)." in vi
     assert "Lý do còn chờ:" in vi
     en = agent("status", "--data-dir", str(agent_dir), "--lang", "en", lang="vi").stdout
-    assert "3 records not yet synced; last sync just now." in en and "Why they wait:" in en
+    assert "3 dossiers not yet synced; last sync just now." in en and "Why they wait:" in en
+    report = json.loads(agent("status", "--data-dir", str(agent_dir), "--json").stdout)
+    assert (report["pending"], report["dossiers_pending"]) == (4, 3)
     later = subprocess.run([AGENT, "status", "--data-dir", str(agent_dir)], text=True,
                            capture_output=True, timeout=60,
                            env={**cli_env("vi"), "SYNC_AGENT_CLOCK_OFFSET_S": "660"})
