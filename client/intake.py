@@ -132,7 +132,13 @@ def _render(request: web.Request, template: str, status: int = 200,
 
 async def dossier_states(agent: Agent) -> dict[str, dict[str, Any]]:
     """Every dossier of the queue's epoch: its state, and its sync state in words
-    (``waiting``, ``synced``, ``refused`` with the server's reason)."""
+    (``waiting``, ``synced``, ``refused`` with the server's reason).
+
+    A status set at the province or district shows when it came after the
+    dossier's last status on this PC, by queue position (never by a clock):
+    ``central`` then holds its ``status``, ``by``, ``at`` and ``note``, else None.
+    The dossier's fields carry ``central`` too, so the local API returns it.
+    """
     status = await agent.queue.status()
     refused = {seq: (code, message) for seq, code, message in await agent.queue.verdicts()}
     out: dict[str, dict[str, Any]] = {}
@@ -150,9 +156,18 @@ async def dossier_states(agent: Agent) -> dict[str, dict[str, Any]]:
             entry["dossier"]["status"] = event.status
             entry["last_seq"] = seq
             entry["refused"] = entry["refused"] or refused.get(seq)
-    for entry in out.values():
+    central = await agent.queue.latest_central(out)
+    for dossier_id, entry in out.items():
         entry["sync"] = ("refused" if entry["refused"] else
                          "synced" if entry["last_seq"] <= status.acked_seq else "waiting")
+        update = central.get(dossier_id)
+        entry["central"] = None
+        if update is not None and (update.local_epoch, update.local_after_seq) >= (
+                status.epoch, entry["last_seq"]):
+            entry["dossier"]["status"] = update.status
+            entry["central"] = {"status": update.status, "by": update.by, "at": update.at,
+                                "note": update.note}
+        entry["dossier"]["central"] = entry["central"]
     return out
 
 

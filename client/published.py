@@ -1,4 +1,5 @@
-"""Pull what the server publishes (the procedure catalogue, the holiday list).
+"""Pull what the server publishes (the procedure catalogue, the holiday list),
+and with it the dossier statuses set centrally (:mod:`client.updates`).
 
 The agent asks with the version it holds; a newer document arrives signed by
 the pinned server key, is checked (it must load as a catalogue or calendar),
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +21,10 @@ from protocol.codec import pack, unpack
 
 from .agent import Agent
 from .catalogue import parse_calendar, parse_catalogue
-from .errors import TransportError
+from .errors import SyncError, TransportError
 from .files import write_atomic
 from .transport import HttpTransport
+from .updates import pull_updates
 
 __all__ = ["pull_published"]
 
@@ -80,9 +83,16 @@ async def pull_published(agent: Agent, transport: HttpTransport) -> list[str]:
 
 
 async def pull_quietly(agent: Agent, transport: HttpTransport) -> list[str]:
-    """:func:`pull_published`, logging instead of raising (sync goes on without it)."""
+    """:func:`pull_published`, then the dossier statuses set centrally
+    (:func:`client.updates.pull_updates`), logging instead of raising (sync goes
+    on without them); returns the published names that changed."""
     try:
-        return await pull_published(agent, transport)
+        changed = await pull_published(agent, transport)
     except (TransportError, DecodeError) as exc:
         log.warning("catalogue not pulled this time: %s", exc)
-        return []
+        changed = []
+    try:
+        await pull_updates(agent, transport)
+    except (SyncError, DecodeError, sqlite3.Error) as exc:
+        log.warning("central status changes not pulled this time: %s", exc)
+    return changed

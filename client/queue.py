@@ -11,7 +11,9 @@ Invariants:
   (HMAC) over the previous chain value, seq and the plaintext's SHA-256: it
   links every record to all before it without revealing content.
 * Nothing in the database is plaintext dossier content: the dossier index
-  stores an HMAC of the dossier id, the code counters store only numbers.
+  stores an HMAC of the dossier id, the code counters store only numbers;
+  central status changes keep the HMAC of their dossier's id and their note
+  and operator name sealed (their status word and server time are not content).
 * ``acked_seq`` only moves forward, except when the server reports that it
   holds less (a gap), which moves the send position back to resend.
 """
@@ -24,7 +26,7 @@ import os
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -36,11 +38,12 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from protocol import derive_dossier_id, pack
+from protocol.updates import CentralChange
 
 from .clock import wall_now
 from .errors import QueueCorrupt, SetupError
 
-__all__ = ["PendingBatch", "Queue", "QueueStatus", "Rewrite"]
+__all__ = ["CentralUpdate", "PendingBatch", "Queue", "QueueStatus", "Rewrite"]
 
 _MIGRATIONS: tuple[str, ...] = (
     """
@@ -83,6 +86,18 @@ _MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE records ADD COLUMN queued_at REAL
     """,
+    # Statuses set at the province or district (client.updates). ``dossier_id``
+    # holds the HMAC of the id (as dossier_index.id_mac); ``note`` and ``by_user``
+    # are sealed. ``local_epoch``, ``local_after_seq``: the queue's last record
+    # when the change was stored, to order it against this PC's own status
+    # changes without a clock. The cursor is meta ``central_after``.
+    """
+    CREATE TABLE central_updates (
+        id INTEGER PRIMARY KEY, dossier_id BLOB NOT NULL, status TEXT NOT NULL,
+        note BLOB, by_user BLOB, at TEXT NOT NULL, local_epoch INTEGER NOT NULL,
+        local_after_seq INTEGER NOT NULL);
+    CREATE INDEX central_updates_dossier ON central_updates (dossier_id, id)
+    """,
 )
 
 _INSERT_RECORD = ("INSERT INTO records (epoch, seq, nonce, ciphertext, chain, queued_at) "
@@ -108,6 +123,23 @@ class QueueStatus:
     @property
     def pending(self) -> int:
         return self.last_seq - self.acked_seq
+
+
+@dataclass(frozen=True)
+class CentralUpdate:
+    """A status set at the province or district, as this queue keeps it.
+
+    ``(local_epoch, local_after_seq)`` is the queue's last record when it was
+    stored: this PC's status records after that position came later.
+    """
+
+    id: int
+    status: str
+    note: str | None = field(repr=False)  # dossier content: never in a log line
+    by: str | None = field(repr=False)
+    at: str
+    local_epoch: int
+    local_after_seq: int
 
 
 @dataclass(frozen=True)
@@ -162,6 +194,27 @@ class _Sealer:
 
     def index_mac(self, dossier_id: str) -> bytes:
         return hmac.new(self._index_key, dossier_id.encode(), hashlib.sha256).digest()
+
+    def _field_aad(self, column: str, row_id: int) -> bytes:
+        return pack(["commune-sync central", self.agent_id, column, row_id])
+
+    def seal_field(self, column: str, row_id: int, text: str | None) -> bytes | None:
+        """``text`` sealed for one column of one row (it opens nowhere else)."""
+        if text is None:
+            return None
+        nonce = os.urandom(12)
+        return nonce + self._aead.encrypt(nonce, text.encode(), self._field_aad(column, row_id))
+
+    def open_field(self, column: str, row_id: int, sealed: bytes | None) -> str | None:
+        """What :meth:`seal_field` sealed; None if nothing was, or it does not open
+        (the status beside it still counts; a note is never worth refusing a page)."""
+        if sealed is None:
+            return None
+        try:
+            return self._aead.decrypt(sealed[:12], sealed[12:],
+                                      self._field_aad(column, row_id)).decode()
+        except (InvalidTag, ValueError):
+            return None
 
 
 async def _connect(path: Path) -> aiosqlite.Connection:
@@ -554,6 +607,52 @@ class Queue:
                 "SELECT sha256, size, sent_offset FROM documents WHERE complete = 0 "
                 "ORDER BY added_seq, sha256") as cur:
             return [(row[0], row[1], row[2]) for row in await cur.fetchall()]
+
+    async def central_cursor(self) -> int:
+        """The id of the last central status change pulled (0: none yet)."""
+        row = await self._one("SELECT value FROM meta WHERE key = 'central_after'")
+        return int(row[0]) if row else 0
+
+    async def store_central_updates(self, items: Iterable[CentralChange], after: int) -> int:
+        """Keep central status changes and the cursor past them, in one
+        transaction; return how many were new (one held already is left as it is).
+
+        Each new change is placed after every record appended so far.
+        """
+        async with self._transaction():
+            epoch = await self.epoch()
+            last_seq, _ = await self._tail(epoch)
+            new = 0
+            for item in items:
+                cursor = await self._db.execute(
+                    "INSERT INTO central_updates VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (id) DO NOTHING",
+                    (item.id, self._sealer.index_mac(item.dossier_id), item.status,
+                     self._sealer.seal_field("note", item.id, item.note),
+                     self._sealer.seal_field("by", item.id, item.by), item.at, epoch, last_seq))
+                new += max(0, cursor.rowcount)
+            await self._db.execute(
+                "INSERT INTO meta VALUES ('central_after', ?) ON CONFLICT (key) "
+                "DO UPDATE SET value = max(value, excluded.value)", (after,))
+        return new
+
+    async def latest_central(self, dossier_ids: Iterable[str]) -> dict[str, CentralUpdate]:
+        """The newest central status change of each of ``dossier_ids`` that has one."""
+        by_mac = {self._sealer.index_mac(dossier_id): dossier_id for dossier_id in dossier_ids}
+        if not by_mac:
+            return {}
+        rows = await self._db.execute_fetchall(
+            "SELECT c.id, c.dossier_id, c.status, c.note, c.by_user, c.at, c.local_epoch, "
+            "c.local_after_seq FROM central_updates c JOIN (SELECT max(id) AS id "
+            "FROM central_updates GROUP BY dossier_id) newest ON newest.id = c.id")
+        out = {}
+        for row_id, mac, status, note, by, at, epoch, after_seq in rows:
+            dossier_id = by_mac.get(bytes(mac))
+            if dossier_id is not None:
+                out[dossier_id] = CentralUpdate(
+                    row_id, status, self._sealer.open_field("note", row_id, note),
+                    self._sealer.open_field("by", row_id, by), at, epoch, after_seq)
+        return out
 
     async def wake_token(self) -> int:
         """A counter ``sync-now`` bumps to cut a waiting daemon's backoff short."""

@@ -1,4 +1,5 @@
-"""The aiohttp application: enrollment, batch ingest, cursor, documents, health.
+"""The aiohttp application: enrollment, batch ingest, cursor, documents, what
+flows down (published documents, central status changes), health.
 
 Every answer to an agent is a protocol message (msgpack, MEDIA_TYPE) inside
 an envelope signed by the server's identity key: an ack, an enrollment reply,
@@ -48,7 +49,10 @@ from protocol.messages import (
 )
 from protocol.sealing import seal_reply
 from protocol.signing import verify_envelope
+from protocol.updates import KIND as UPDATES
+from protocol.updates import decode_updates_request, encode_updates_page
 
+from .central import updates_page
 from .config import ServerConfig
 from .documents import DocumentStore
 from .enrollment import consume_token, rotate_agent_key
@@ -342,6 +346,15 @@ async def post_cursor(request: web.Request) -> web.Response:
     return _reply(request, 200, encode_ack(_with_keys(request.app[KEYS], ack)))
 
 
+async def post_updates(request: web.Request) -> web.Response:
+    """The statuses set centrally for the agent's own commune after the id it holds
+    (SPEC §18); changes nothing."""
+    agent, signed, _ = await _authenticate(request, UPDATES)
+    query = decode_updates_request(signed, request.app[CONFIG].limits)
+    page = await updates_page(request.app[STORE], agent.commune_code, query.after)
+    return _reply(request, 200, encode_updates_page(page))
+
+
 async def post_enroll(request: web.Request) -> web.Response:
     enroll = decode_enroll_request(await _body(request))
     reply = await consume_token(request.app[STORE], request.app[KEYS], enroll)
@@ -455,6 +468,7 @@ def make_app(config: ServerConfig, store: Store, keys: ServerKeys,
     app.router.add_post("/v1/enroll", post_enroll)
     app.router.add_post("/v1/rotate", post_rotate)
     app.router.add_post("/v1/published", post_published)
+    app.router.add_post("/v1/updates", post_updates)
     app.router.add_get("/healthz", get_health)
     app.router.add_get("/", get_root)
     app.add_subapp("/ui", make_ui(config, store, keys))

@@ -25,8 +25,11 @@ from typing import Any
 
 from aiohttp import web
 
+from protocol import STATUSES
+
 from .accounts import ROLES, add_user
 from .app import REQUESTS, Ingest, make_app
+from .central import change_status
 from .config import ServerConfig, ServerPaths, default_data_dir
 from .documents import DocumentStore
 from .dvcqg import export_dvcqg
@@ -232,6 +235,29 @@ async def cmd_catalogue_import(args: argparse.Namespace) -> int:
     return await _with_store(args, work)
 
 
+def _os_user() -> str | None:
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no login name in this environment
+        return None
+
+
+async def cmd_set_status(args: argparse.Namespace) -> int:
+    async def work(config: ServerConfig, store: Store) -> int:
+        by = args.by if args.by is not None else _os_user()
+        try:
+            done = await change_status(store, args.dossier, args.status, args.note, by)
+        except RequestError as exc:
+            print(f"syncd: {exc.message}; không thay đổi gì / nothing changed",
+                  file=sys.stderr)
+            return 2
+        print(f"{done.code}: {done.previous} -> {done.change.status}; xã {done.commune_code} "
+              "nhận ở lần đồng bộ tới / the commune receives it at its next sync.",
+              file=sys.stderr)
+        return 0
+    return await _with_store(args, work)
+
+
 async def cmd_rotate_key(args: argparse.Namespace) -> int:
     key_id = ServerKeys.rotate(ServerPaths(args.data_dir).root)
     print(f"New sealing key {key_id} is current; older keys are kept so batches sealed to "
@@ -426,6 +452,15 @@ def build_parser() -> argparse.ArgumentParser:
                                   "working_weekends)")
     p.add_argument("file", type=Path)
     p.set_defaults(func=cmd_catalogue_import)
+    p = sub.add_parser("set-status", parents=[common],
+                       help="set a dossier's status here; its commune receives it at the next "
+                            "sync")
+    p.add_argument("dossier", metavar="CODE_OR_ID", help="the dossier's code or id")
+    p.add_argument("status", help="a status name: " + ", ".join(STATUSES))
+    p.add_argument("--note", default=None, help="shown to the commune (at most 2000 characters)")
+    p.add_argument("--by", default=None, metavar="NAME",
+                   help="who set it (default: the operating system's user name)")
+    p.set_defaults(func=cmd_set_status)
     p = sub.add_parser("rotate-key", parents=[common],
                        help="add a new server sealing key (old ones are kept)")
     p.set_defaults(func=cmd_rotate_key)

@@ -8,6 +8,9 @@ Rules kept here:
   each status is the officer PC's clock: reported as data, never used to
   order anything (a PC whose clock jumped back still gets its statuses in the
   order they were recorded).
+* Statuses set centrally (:mod:`syncd.central`) join in by their
+  ``created_at``, the server's clock in the same format as ``received_at``;
+  their ``at`` is that moment in Vietnam time.
 * Only records that applied count (``verdict_code IS NULL``); a quarantined
   record never changed the dossier, so it is not part of its history.
 * Periods are Vietnamese calendar days (UTC+7), both ends included.
@@ -27,12 +30,13 @@ from protocol import DossierCreated, StatusChanged, decode_event, derive_dossier
 from .store import Store
 
 __all__ = ["VIETNAM", "StatusPoint", "local_date", "parse_time", "received_between",
-           "status_history"]
+           "status_history", "vietnam_time"]
 
 VIETNAM = timezone(timedelta(hours=7), "ICT")
 _IN_CHUNK = 500  # ids per ``IN (…)`` list, as in the store
 _RECORDS = ("SELECT agent_id, epoch, seq, received_at, dossier_id, data FROM records "
             "WHERE verdict_code IS NULL AND dossier_id IS NOT NULL")
+_CENTRAL = "SELECT id, created_at, dossier_id, status FROM central_changes"
 
 
 @dataclass(frozen=True)
@@ -53,9 +57,29 @@ def local_date(value: str) -> date:
     return parse_time(value).astimezone(VIETNAM).date()
 
 
+def vietnam_time(server_time: str) -> str:
+    """A server time (ISO 8601, UTC) as the same moment in Vietnam time."""
+    return parse_time(server_time).astimezone(VIETNAM).isoformat(timespec="milliseconds")
+
+
+async def _rows(store: Store, sql: str, dossier_ids: Collection[str] | None
+                ) -> list[tuple[Any, ...]]:
+    """Rows of ``sql`` (which ends in a WHERE clause or none) for the wanted dossiers."""
+    if dossier_ids is None:
+        return await store.read(sql)
+    wanted = sorted(set(dossier_ids))
+    rows: list[tuple[Any, ...]] = []
+    joiner = " AND" if " WHERE " in sql else " WHERE"
+    for start in range(0, len(wanted), _IN_CHUNK):
+        chunk = wanted[start:start + _IN_CHUNK]
+        rows += await store.read(
+            f"{sql}{joiner} dossier_id IN ({', '.join('?' * len(chunk))})", *chunk)
+    return rows
+
+
 async def status_history(store: Store, dossier_ids: Collection[str] | None = None
                          ) -> dict[str, list[StatusPoint]]:
-    """Each dossier's statuses, in record order.
+    """Each dossier's statuses, in the server's order (records and central changes).
 
     Args:
         store: the server's store.
@@ -63,35 +87,41 @@ async def status_history(store: Store, dossier_ids: Collection[str] | None = Non
 
     Returns:
         dossier id → its points: the status it was created with, at its
-        ``received_at``, then one point per status change. Dossiers without
-        applied records are absent.
+        ``received_at``, then one point per status change, whether an agent
+        recorded it or an operator set it centrally. Dossiers without applied
+        records are absent.
 
     Raises:
         StoreError: the store could not be read.
     """
-    if dossier_ids is None:
-        rows = await store.read(_RECORDS)
-    else:
-        wanted = sorted(set(dossier_ids))
-        rows = []
-        for start in range(0, len(wanted), _IN_CHUNK):
-            chunk = wanted[start:start + _IN_CHUNK]
-            rows += await store.read(
-                f"{_RECORDS} AND dossier_id IN ({', '.join('?' * len(chunk))})", *chunk)
-    # Sorted here, not in SQL: text collation differs between the backends.
-    rows.sort(key=lambda r: (r[3], r[0], int(r[1]), int(r[2])))
+    records = await _rows(store, _RECORDS, dossier_ids)
+    central = await _rows(store, _CENTRAL, dossier_ids)
+    # One timeline on the server's clock; sorted here, not in SQL: text collation
+    # differs between the backends. At the same millisecond a record comes first.
+    timeline: list[tuple[tuple[str, int, str, int, int], str, StatusPoint | None]] = []
+    for agent_id, epoch, seq, received_at, dossier_id, data in records:
+        point = _record_point(agent_id, int(epoch), int(seq), bytes(data))
+        timeline.append(((received_at, 0, agent_id, int(epoch), int(seq)), dossier_id, point))
+    for change_id, created_at, dossier_id, status in central:
+        timeline.append(((created_at, 1, "", 0, int(change_id)), dossier_id,
+                         StatusPoint(status, vietnam_time(created_at))))
+    timeline.sort(key=lambda entry: entry[0])
     history: dict[str, list[StatusPoint]] = {}
-    for agent_id, epoch, seq, _, dossier_id, data in rows:
-        event = decode_event(bytes(data),
-                             derived_id=derive_dossier_id(agent_id, int(epoch), int(seq)))
-        if isinstance(event, DossierCreated):
-            dossier = event.dossier
-            history.setdefault(dossier_id, []).append(
-                StatusPoint(str(dossier.get("status") or "received"),
-                            str(dossier["received_at"])))
-        elif isinstance(event, StatusChanged):
-            history.setdefault(dossier_id, []).append(StatusPoint(event.status, event.at))
+    for _, dossier_id, point in timeline:
+        if point is not None:
+            history.setdefault(dossier_id, []).append(point)
     return history
+
+
+def _record_point(agent_id: str, epoch: int, seq: int, data: bytes) -> StatusPoint | None:
+    """The status a record set, if it set one (created or status events)."""
+    event = decode_event(data, derived_id=derive_dossier_id(agent_id, epoch, seq))
+    if isinstance(event, DossierCreated):
+        return StatusPoint(str(event.dossier.get("status") or "received"),
+                           str(event.dossier["received_at"]))
+    if isinstance(event, StatusChanged):
+        return StatusPoint(event.status, event.at)
+    return None
 
 
 def _in_period(dossier: Mapping[str, Any], date_from: date | None, date_to: date | None

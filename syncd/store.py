@@ -108,6 +108,15 @@ _MIGRATIONS: tuple[str, ...] = (
         name TEXT PRIMARY KEY, version INTEGER NOT NULL, body BLOB NOT NULL,
         updated_at TEXT NOT NULL)
     """,
+    # What flows down about dossiers: statuses set centrally (syncd.central), read
+    # by each commune's agents in id order.
+    """
+    CREATE TABLE central_changes (
+        id INTEGER PRIMARY KEY, dossier_id TEXT NOT NULL, commune_code TEXT NOT NULL,
+        status TEXT NOT NULL, note TEXT, by_user TEXT, created_at TEXT NOT NULL);
+    CREATE INDEX central_changes_commune ON central_changes (commune_code, id);
+    CREATE INDEX central_changes_dossier ON central_changes (dossier_id)
+    """,
 )
 
 

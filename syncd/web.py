@@ -2,7 +2,7 @@
 
 Every page needs a session (:mod:`syncd.accounts`); every form carries the
 session's CSRF token and a POST without it is refused (403) before anything
-changes. Only admins enroll and revoke. Labels are Vietnamese first; English
+changes. Only admins enroll, revoke and set a dossier's status. Labels are Vietnamese first; English
 with ``?lang=en`` (kept in a cookie). Errors are pages with a 4xx or 503
 status, never a traceback.
 """
@@ -33,6 +33,7 @@ from protocol.dossier import STATUS_LABELS
 from protocol.events import DocumentAdded, DossierCreated, FieldsChanged, StatusChanged
 
 from .accounts import Session, check_login, end_session, find_session, start_session
+from .central import change_status, changes_of
 from .config import ServerConfig
 from .enrollment import create_token, revoke_agent
 from .errors import RequestError, StoreError
@@ -137,6 +138,12 @@ LABELS: dict[str, tuple[str, str]] = {
     "fee": ("Phí, lệ phí", "Fee"),
     "hours_ago": ("{n} giờ trước", "{n} h ago"),
     "days_ago": ("{n} ngày trước", "{n} days ago"),
+    "central": ("Thay đổi tại tỉnh/huyện", "Changed at the province/district"),
+    "set_status": ("Đổi trạng thái", "Set the status"),
+    "set_status_help": ("Xã nhận thay đổi này ở lần đồng bộ tới.",
+                        "The commune receives this change at its next sync."),
+    "note": ("Ghi chú", "Note"),
+    "save": ("Lưu", "Save"),
 }
 
 _env = jinja2.Environment(loader=jinja2.PackageLoader("syncd", "templates"),
@@ -404,9 +411,29 @@ async def get_dossier(request: web.Request) -> web.Response:
             kind, what, at, by = "?", "", None, None
         events.append({"agent_id": r_agent, "epoch": epoch, "seq": seq,
                        "received_at": received_at, "kind": kind, "what": what, "at": at,
-                       "by": by, "verdict": verdict, "message": message})
+                       "by": by, "verdict": verdict, "message": message, "note": None})
+    for change in await changes_of(store, dossier_id):  # set here, at the province
+        events.append({"agent_id": None, "epoch": None, "seq": None,
+                       "received_at": change["created_at"], "kind": "central",
+                       "what": change["status"], "at": change["at"], "by": change["by"],
+                       "verdict": None, "message": None, "note": change["note"]})
+    # One timeline on the server's clock (stable: records keep their order).
+    events.sort(key=lambda e: str(e["received_at"]))
     return render(request, "dossier.html", dossier=dossier, agent_id=agent_id, commune=commune,
-                  updated_at=updated_at, events=events)
+                  updated_at=updated_at, events=events,
+                  statuses=[(name, vi, en) for name, (vi, en) in STATUS_LABELS.items()])
+
+
+async def post_dossier_status(request: web.Request) -> web.Response:
+    """An admin sets the dossier's status centrally; the commune receives it."""
+    _require_admin(request)
+    dossier_id = request.match_info["id"]
+    form = request[FORM]
+    done = await change_status(_store(request), dossier_id, str(form.get("status", "")),
+                               str(form.get("note", "")), request[SESSION].user)
+    log.info("operator %s set dossier %s to %s (change %d)", request[SESSION].user,
+             done.change.dossier_id, done.change.status, done.change.id)
+    raise web.HTTPSeeOther(f"/ui/dossiers/{quote(done.change.dossier_id)}")
 
 
 async def get_alerts(request: web.Request) -> web.Response:
@@ -501,6 +528,7 @@ def make_ui(config: ServerConfig, store: Store, keys: ServerKeys) -> web.Applica
     ui.router.add_get("/", get_fleet)
     ui.router.add_get("/communes/{code:[0-9]{5}}", get_commune)
     ui.router.add_get("/dossiers/{id}", get_dossier)
+    ui.router.add_post("/dossiers/{id}/status", post_dossier_status)
     ui.router.add_get("/alerts", get_alerts)
     ui.router.add_get("/report", get_report)
     ui.router.add_get("/enroll", get_enroll)

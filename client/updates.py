@@ -1,0 +1,98 @@
+"""Pull the dossier statuses set at the province or district (SPEC §18).
+
+The agent asks, in a signed envelope, for its commune's central changes after
+the last id it holds, page after page while the server says more wait. Each
+page counts only if it is signed by the pinned server key and decodes
+strictly; its items and the cursor past them are stored in one transaction
+of the queue, so a pull cut off anywhere resumes where the last stored page
+ended, and pulling a page again changes nothing.
+
+Order against this PC's own status changes comes from the queue, not from a
+clock: a change is stored with the queue's last seq at that moment
+(:meth:`client.queue.Queue.store_central_updates`).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from protocol import DecodeError
+from protocol.messages import decode_error, encode_envelope
+from protocol.signing import sign_envelope
+from protocol.updates import (
+    KIND,
+    UpdatesPage,
+    UpdatesRequest,
+    decode_updates_page,
+    encode_updates_request,
+)
+
+from .agent import Agent
+from .errors import RefusedError, SyncError, TransportError
+from .transport import HttpTransport, Reply
+
+__all__ = ["pull_updates"]
+
+log = logging.getLogger("client.updates")
+MAX_PAGES = 1000  # per pull: 200,000 changes; the rest waits for the next pull
+_TIMEOUT_S = 30.0
+
+
+def _refusal(reply: Reply, message: bytes) -> SyncError:
+    """The error a signed non-200 answer stands for."""
+    try:
+        err = decode_error(message)
+    except DecodeError:
+        return TransportError(f"HTTP {reply.status} without a protocol answer",
+                              retry_after_s=reply.retry_after_s)
+    if reply.status in (408, 429) or reply.status >= 500:
+        return TransportError(f"HTTP {reply.status}: {err.code}: {err.message}",
+                              retry_after_s=reply.retry_after_s)
+    return RefusedError(err.code, err.message)
+
+
+def _check(page: UpdatesPage, after: int) -> None:
+    """A page must move forward from ``after`` (a signed page that does not is a
+    server bug; looping on it would never end)."""
+    if page.items and page.items[0].id <= after:
+        raise TransportError("the server sent central changes already held")
+    if page.next < after or (page.more and page.next == after):
+        raise TransportError("the server's updates cursor does not move forward")
+
+
+async def _page(agent: Agent, transport: HttpTransport, after: int) -> UpdatesPage:
+    signed = encode_updates_request(UpdatesRequest(after))
+    env = sign_envelope(agent.key, KIND, agent.config.agent_id, signed)
+    reply = await transport.post("/v1/updates", encode_envelope(env), timeout_s=_TIMEOUT_S)
+    message = reply.signed_message(agent.config.server_key_bytes)
+    if reply.status != 200:
+        raise _refusal(reply, message)
+    try:
+        page = decode_updates_page(message)
+    except DecodeError as exc:
+        raise TransportError(f"the server's reply is not a valid updates page ({exc})") \
+            from exc
+    _check(page, after)
+    return page
+
+
+async def pull_updates(agent: Agent, transport: HttpTransport) -> int:
+    """Fetch every central status change after the stored cursor.
+
+    Returns:
+        How many changes were new to this queue.
+
+    Raises:
+        TransportError: the link, or an answer that is not a signed page.
+        RefusedError: the server refused (revoked, unknown agent).
+    """
+    new = 0
+    for _ in range(MAX_PAGES):
+        after = await agent.queue.central_cursor()
+        page = await _page(agent, transport, after)
+        new += await agent.queue.store_central_updates(page.items, page.next)
+        if not page.more:
+            break
+    if new:
+        log.info("%d dossier status changes received from the province", new)
+    return new
