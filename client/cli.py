@@ -37,7 +37,7 @@ from .i18n import Messages, pick_language
 from .intake import api_token
 from .lock import SyncLock, held_elsewhere
 from .published import pull_quietly
-from .sneakernet import export_bundles, import_acks
+from .sneakernet import ExportFailed, export_bundles, import_acks
 
 __all__ = ["main"]
 
@@ -309,10 +309,15 @@ async def cmd_run(args: argparse.Namespace, say: Messages) -> int:
 
 async def cmd_export(args: argparse.Namespace, say: Messages) -> int:
     folder: Path = args.to
-    folder.mkdir(parents=True, exist_ok=True)
+    why = {"full": "write_full", "denied": "write_denied", "not_folder": "write_not_folder"}
 
     async def work(agent: Agent) -> int:
-        result = await export_bundles(agent, folder)
+        try:
+            result = await export_bundles(agent, folder)  # creates the folder
+        except ExportFailed as exc:
+            detail = say(why[exc.reason]) if exc.reason in why else exc.detail
+            print(say("export_failed", folder=folder, detail=detail), file=sys.stderr)
+            return EXIT_ERROR
         for part in result.files:
             print(say("export_file", file=part.name, batches=part.batches, records=part.records,
                       chunks=part.chunks))
@@ -337,7 +342,13 @@ async def cmd_import_acks(args: argparse.Namespace, say: Messages) -> int:
         code = EXIT_OK
         for result in results:
             if result.problem is not None:
-                print(say("acks_bad", file=result.name, detail=result.problem), file=sys.stderr)
+                print(say("refusal_bad" if result.is_refusal_file else "acks_bad",
+                          file=result.name, detail=result.problem), file=sys.stderr)
+                code = EXIT_ERROR
+            if result.bundle_refused is not None:  # verified; it changes nothing here
+                refused = result.bundle_refused
+                print(say("acks_bundle_refused", file=result.name, code=refused.code,
+                          message=refused.message(say.lang)), file=sys.stderr)
                 code = EXIT_ERROR
             if result.stale_epoch is not None:
                 print(say("acks_stale", file=result.name, epoch=result.stale_epoch),

@@ -106,6 +106,23 @@ CATALOG: dict[str, tuple[str, str]] = {
                  "{file}: not a valid acks file signed by the server ({detail}); skipped."),
     "acks_stale": ("{file}: xác nhận cho kỳ {epoch} cũ, hàng đợi đang ở kỳ khác; bỏ qua.",
                    "{file}: acks for an earlier epoch {epoch}; skipped."),
+    "acks_bundle_refused": ("{file}: máy chủ đã từ chối cả gói và không lưu gì từ gói này "
+                            "({code}): {message}.",
+                            "{file}: the server refused the whole bundle and stored nothing "
+                            "from it ({code}): {message}."),
+    "refusal_bad": ("{file}: không phải thông báo từ chối hợp lệ do máy chủ ký ({detail}); "
+                    "bỏ qua.",
+                    "{file}: not a valid refusal signed by the server ({detail}); ignored."),
+    "export_failed": ("Không ghi được tệp nào vào {folder}: {detail}. Không để lại tệp dở "
+                      "dang nào; hàng đợi không thay đổi.",
+                      "Cannot write the bundle files into {folder}: {detail}. No partial file "
+                      "was left; the queue is unchanged."),
+    "write_full": ("USB hoặc ổ đĩa đã đầy; hãy xóa bớt hoặc dùng USB khác",
+                   "the stick or disk is full; free some space or use another stick"),
+    "write_denied": ("không có quyền ghi hoặc USB đang khóa chỉ cho đọc",
+                     "no permission to write there, or the stick is read-only"),
+    "write_not_folder": ("đường dẫn này (hoặc một phần của nó) không phải là thư mục",
+                         "that path (or a part of it) is not a folder"),
 }
 
 

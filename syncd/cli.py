@@ -177,6 +177,9 @@ async def cmd_import(args: argparse.Namespace) -> int:
         for result in await import_folder(Ingest(config, store, keys, documents), folder):
             if isinstance(result, BundleRefused):
                 print(f"syncd: {result}", file=sys.stderr)
+                if result.refusal_file is not None:
+                    print(f"{result.name}: refused ({result.code}); signed refusal for the "
+                          f"officer in {result.refusal_file}")
                 code = 1
                 continue
             position = "" if result.acked_seq is None else f", acked up to seq {result.acked_seq}"

@@ -161,7 +161,7 @@ def test_bundles_from_revoked_and_unknown_agents_are_refused_others_import(
     assert len(acks_files(stick)) == 1  # only the enrolled agent's bundle is answered
     import_acks(agent_dir, stick)
     assert agent_status(agent_dir)["pending"] == 0
-    assert import_acks(revoked, stick, check=False).returncode != 0  # no acks for it
+    assert import_acks(revoked, stick, check=False).returncode != 0  # only its refusal
     assert agent_status(revoked)["pending"] == 4
 
 
