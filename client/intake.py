@@ -57,6 +57,7 @@ SCANS = web.AppKey("scans", ScanFolder)
 _MAX_UPLOAD = 50 * 1024 * 1024
 _OFFICER = "Cán bộ tiếp nhận: "  # how the receiving officer is kept in the dossier's notes
 _CHANGEABLE = ("processing", "supplement_requested", "finished", "returned")
+_CENTRAL_SHOWN = 20
 
 LABELS: dict[str, tuple[str, str]] = {
     "title": ("Tiếp nhận hồ sơ", "Dossier intake"),
@@ -91,6 +92,11 @@ LABELS: dict[str, tuple[str, str]] = {
     "none": ("Chưa có hồ sơ nào hôm nay.", "No dossier today yet."),
     "no_due": ("theo quy định", "as regulated"),
     "fee": ("Phí, lệ phí", "Fees"),
+    "central_title": ("Cập nhật từ tỉnh/huyện", "Updates from the province/district"),
+    "central_mark": ("cập nhật từ tỉnh/huyện", "set at the province/district"),
+    "central_by": ("Người cập nhật", "By"),
+    "central_at": ("Lúc", "At"),
+    "central_note": ("Ghi chú", "Note"),
 }
 
 _env = jinja2.Environment(loader=jinja2.PackageLoader("client", "templates"), autoescape=True)
@@ -134,10 +140,16 @@ async def dossier_states(agent: Agent) -> dict[str, dict[str, Any]]:
     """Every dossier of the queue's epoch: its state, and its sync state in words
     (``waiting``, ``synced``, ``refused`` with the server's reason).
 
-    A status set at the province or district shows when it came after the
-    dossier's last status on this PC, by queue position (never by a clock):
-    ``central`` then holds its ``status``, ``by``, ``at`` and ``note``, else None.
-    The dossier's fields carry ``central`` too, so the local API returns it.
+    When a status was set at the province or district and the dossier's last
+    status record on this PC had reached the server before that change came
+    down, the server's word stands: the status shown is the dossier's status
+    at the server then (which orders this PC's record and the central change
+    the server's way), and ``central`` holds the change's ``status``, ``by``,
+    ``at`` and ``note`` unless a record overtook it there. Otherwise
+    ``central`` is None and the local status shows (a record after that
+    position reaches the server later, so it wins there too). No clock is
+    compared. The dossier's fields carry ``central`` too, so the
+    local API returns it.
     """
     status = await agent.queue.status()
     refused = {seq: (code, message) for seq, code, message in await agent.queue.verdicts()}
@@ -162,11 +174,12 @@ async def dossier_states(agent: Agent) -> dict[str, dict[str, Any]]:
                          "synced" if entry["last_seq"] <= status.acked_seq else "waiting")
         update = central.get(dossier_id)
         entry["central"] = None
-        if update is not None and (update.local_epoch, update.local_after_seq) >= (
+        if update is not None and (update.local_epoch, update.local_acked_seq) >= (
                 status.epoch, entry["last_seq"]):
-            entry["dossier"]["status"] = update.status
-            entry["central"] = {"status": update.status, "by": update.by, "at": update.at,
-                                "note": update.note}
+            entry["dossier"]["status"] = update.now
+            if update.now == update.status:  # not overtaken at the server by a record
+                entry["central"] = {"status": update.status, "by": update.by,
+                                    "at": update.at, "note": update.note}
         entry["dossier"]["central"] = entry["central"]
     return out
 
@@ -190,8 +203,13 @@ async def get_index(request: web.Request, problems: list[str] | None = None,
         for row in rows:
             if row["sync"] == "waiting":
                 row["sync"] = "sending"
+    # Dossiers of any day whose status came down from the province or district,
+    # newest first by the server's clock.
+    central = sorted((s for s in states.values() if s["central"]),
+                     key=lambda s: s["central"]["at"], reverse=True)[:_CENTRAL_SHOWN]
     scans = request.app.get(SCANS)
     return _render(request, "intake.html", status, rows=rows, problems=problems or [],
+                   central=central,
                    procedures=load_catalogue(agent.paths.root).procedures,
                    scans=scans.offered() if scans else None,
                    scan_folder=str(scans.folder) if scans else "",

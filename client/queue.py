@@ -88,14 +88,16 @@ _MIGRATIONS: tuple[str, ...] = (
     """,
     # Statuses set at the province or district (client.updates). ``dossier_id``
     # holds the HMAC of the id (as dossier_index.id_mac); ``note`` and ``by_user``
-    # are sealed. ``local_epoch``, ``local_after_seq``: the queue's last record
-    # when the change was stored, to order it against this PC's own status
-    # changes without a clock. The cursor is meta ``central_after``.
+    # are sealed. ``now_status``: the dossier's status at the server when the
+    # page came. ``local_epoch``, ``local_acked_seq``: the queue's acknowledged
+    # position when the page was asked for (the server had applied every record
+    # up to it), to order the change against this PC's own status changes
+    # without a clock. The cursor is meta ``central_after``.
     """
     CREATE TABLE central_updates (
         id INTEGER PRIMARY KEY, dossier_id BLOB NOT NULL, status TEXT NOT NULL,
         note BLOB, by_user BLOB, at TEXT NOT NULL, local_epoch INTEGER NOT NULL,
-        local_after_seq INTEGER NOT NULL);
+        local_acked_seq INTEGER NOT NULL, now_status TEXT NOT NULL);
     CREATE INDEX central_updates_dossier ON central_updates (dossier_id, id)
     """,
 )
@@ -129,8 +131,10 @@ class QueueStatus:
 class CentralUpdate:
     """A status set at the province or district, as this queue keeps it.
 
-    ``(local_epoch, local_after_seq)`` is the queue's last record when it was
-    stored: this PC's status records after that position came later.
+    ``now`` is the dossier's status at the server when it came;
+    ``(local_epoch, local_acked_seq)`` the queue's acknowledged position when it
+    was asked for: this PC's status records up to there had reached the server
+    (so ``now`` has them in the server's order), the ones after reach it later.
     """
 
     id: int
@@ -139,7 +143,8 @@ class CentralUpdate:
     by: str | None = field(repr=False)
     at: str
     local_epoch: int
-    local_after_seq: int
+    local_acked_seq: int
+    now: str
 
 
 @dataclass(frozen=True)
@@ -613,23 +618,28 @@ class Queue:
         row = await self._one("SELECT value FROM meta WHERE key = 'central_after'")
         return int(row[0]) if row else 0
 
-    async def store_central_updates(self, items: Iterable[CentralChange], after: int) -> int:
+    async def store_central_updates(self, items: Iterable[CentralChange], after: int,
+                                    asked_at: tuple[int, int] | None = None) -> int:
         """Keep central status changes and the cursor past them, in one
         transaction; return how many were new (one held already is left as it is).
 
-        Each new change is placed after every record appended so far.
+        ``asked_at`` is the queue's (epoch, acknowledged seq) read before the
+        page was asked for (default: now).
         """
         async with self._transaction():
-            epoch = await self.epoch()
-            last_seq, _ = await self._tail(epoch)
+            if asked_at is None:
+                status = await self.status()
+                asked_at = (status.epoch, status.acked_seq)
+            epoch, acked_seq = asked_at
             new = 0
             for item in items:
                 cursor = await self._db.execute(
-                    "INSERT INTO central_updates VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                    "INSERT INTO central_updates VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
                     "ON CONFLICT (id) DO NOTHING",
                     (item.id, self._sealer.index_mac(item.dossier_id), item.status,
                      self._sealer.seal_field("note", item.id, item.note),
-                     self._sealer.seal_field("by", item.id, item.by), item.at, epoch, last_seq))
+                     self._sealer.seal_field("by", item.id, item.by), item.at, epoch,
+                     acked_seq, item.now or item.status))
                 new += max(0, cursor.rowcount)
             await self._db.execute(
                 "INSERT INTO meta VALUES ('central_after', ?) ON CONFLICT (key) "
@@ -643,15 +653,15 @@ class Queue:
             return {}
         rows = await self._db.execute_fetchall(
             "SELECT c.id, c.dossier_id, c.status, c.note, c.by_user, c.at, c.local_epoch, "
-            "c.local_after_seq FROM central_updates c JOIN (SELECT max(id) AS id "
+            "c.local_acked_seq, c.now_status FROM central_updates c JOIN (SELECT max(id) AS id "
             "FROM central_updates GROUP BY dossier_id) newest ON newest.id = c.id")
         out = {}
-        for row_id, mac, status, note, by, at, epoch, after_seq in rows:
+        for row_id, mac, status, note, by, at, epoch, acked_seq, now in rows:
             dossier_id = by_mac.get(bytes(mac))
             if dossier_id is not None:
                 out[dossier_id] = CentralUpdate(
                     row_id, status, self._sealer.open_field("note", row_id, note),
-                    self._sealer.open_field("by", row_id, by), at, epoch, after_seq)
+                    self._sealer.open_field("by", row_id, by), at, epoch, acked_seq, now)
         return out
 
     async def wake_token(self) -> int:

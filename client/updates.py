@@ -7,9 +7,12 @@ strictly; its items and the cursor past them are stored in one transaction
 of the queue, so a pull cut off anywhere resumes where the last stored page
 ended, and pulling a page again changes nothing.
 
-Order against this PC's own status changes comes from the queue, not from a
-clock: a change is stored with the queue's last seq at that moment
-(:meth:`client.queue.Queue.store_central_updates`).
+Order against this PC's own status changes comes from the queue and the
+server, not from a clock: each change comes with the dossier's status at the
+server when the page was made (``now``, which has this PC's acknowledged
+records in the server's order), and is stored with the queue's acknowledged
+position read before asking (:meth:`client.queue.Queue.store_central_updates`).
+A status record after that position reaches the server after the change.
 """
 
 from __future__ import annotations
@@ -89,8 +92,10 @@ async def pull_updates(agent: Agent, transport: HttpTransport) -> int:
     new = 0
     for _ in range(MAX_PAGES):
         after = await agent.queue.central_cursor()
+        before = await agent.queue.status()  # what the server had applied when asked
         page = await _page(agent, transport, after)
-        new += await agent.queue.store_central_updates(page.items, page.next)
+        new += await agent.queue.store_central_updates(page.items, page.next,
+                                                       (before.epoch, before.acked_seq))
         if not page.more:
             break
     if new:

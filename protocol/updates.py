@@ -42,7 +42,7 @@ KIND = "updates"  # the envelope kind, the request's kind and the reply's kind
 MAX_ITEMS = 200
 MAX_NOTE = 2000
 MAX_BY = 200
-_ITEM_KEYS = frozenset({"id", "dossier_id", "status", "note", "by", "at"})
+_ITEM_KEYS = frozenset({"id", "dossier_id", "status", "note", "by", "at", "now"})
 _MAX_PAGE_BYTES = 2 * 1024 * 1024
 
 
@@ -68,7 +68,9 @@ def decode_updates_request(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Upda
 class CentralChange:
     """Dossier ``dossier_id`` was set to ``status`` at the province or district.
 
-    ``at`` is the server's clock (Vietnam time), ``by`` the operator.
+    ``at`` is the server's clock (Vietnam time), ``by`` the operator. ``now``
+    is the dossier's status at the server when the page was made (a commune's
+    own status record applied after this change there makes it differ).
     """
 
     id: int
@@ -77,6 +79,7 @@ class CentralChange:
     note: str | None
     by: str | None
     at: str
+    now: str | None = None
 
     def __repr__(self) -> str:  # the note is dossier content: never in a log line
         return f"CentralChange({self.id}, {self.dossier_id}, {self.status!r})"
@@ -94,7 +97,7 @@ class UpdatesPage:
 
 def _item_to_wire(item: CentralChange) -> dict[str, Any]:
     return {"id": item.id, "dossier_id": item.dossier_id, "status": item.status,
-            "note": item.note, "by": item.by, "at": item.at}
+            "note": item.note, "by": item.by, "at": item.at, "now": item.now}
 
 
 def encode_updates_page(page: UpdatesPage) -> bytes:
@@ -120,13 +123,14 @@ def _item(raw: Any) -> CentralChange:
     try:
         canonical = str(uuid.UUID(dossier_id))
         status = validate_status(raw.get("status"))
+        now = None if raw.get("now") is None else validate_status(raw["now"], "now")
         parse_timestamp(at)
     except (ValueError, ValidationError) as exc:
         raise DecodeError(f"updates: malformed item ({exc})") from exc
     if canonical != dossier_id or len(at) > 40:
         raise DecodeError("updates: malformed item")
     return CentralChange(_seq(raw, "id", 1), dossier_id, status, _text(raw, "note", MAX_NOTE),
-                         _text(raw, "by", MAX_BY), at)
+                         _text(raw, "by", MAX_BY), at, now)
 
 
 def decode_updates_page(data: bytes, limits: Limits = DEFAULT_LIMITS) -> UpdatesPage:

@@ -132,23 +132,27 @@ async def change_status(store: Store, dossier_code_or_id: str, status: str,
             "INSERT INTO central_changes (dossier_id, commune_code, status, note, by_user, "
             "created_at) VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
             dossier_id, commune, status, note, by_user, created_at)
-    return StatusSet(CentralChange(int(change_id), dossier_id, status, note, by_user, at),
+    return StatusSet(CentralChange(int(change_id), dossier_id, status, note, by_user, at,
+                                   status),
                      str(current["code"]), str(commune), str(current.get("status", "")))
 
 
 def _change(row: tuple[Any, ...]) -> CentralChange:
-    change_id, dossier_id, status, note, by_user, created_at = row
+    change_id, dossier_id, status, note, by_user, created_at, now = row
     return CentralChange(int(change_id), dossier_id, status, note, by_user,
-                         vietnam_time(created_at))
+                         vietnam_time(created_at), now)
 
 
 async def changes_after(store: Store, commune_code: str, after_id: int, limit: int
                         ) -> tuple[list[CentralChange], bool]:
     """The changes of ``commune_code``'s dossiers after id ``after_id``, in id
-    order, at most ``limit``; and whether more follow."""
+    order, at most ``limit``, each with its dossier's status now; and whether
+    more follow."""
     rows = await store.read(
-        f"SELECT {_COLUMNS} FROM central_changes WHERE commune_code = ? AND id > ? "  # noqa: S608
-        "ORDER BY id LIMIT ?", commune_code, after_id, limit + 1)
+        "SELECT c.id, c.dossier_id, c.status, c.note, c.by_user, c.created_at, d.status "
+        "FROM central_changes c LEFT JOIN dossiers d ON d.id = c.dossier_id "
+        "WHERE c.commune_code = ? AND c.id > ? ORDER BY c.id LIMIT ?",
+        commune_code, after_id, limit + 1)
     return [_change(row) for row in rows[:limit]], len(rows) > limit
 
 

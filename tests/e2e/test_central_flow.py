@@ -4,6 +4,7 @@ operator's `syncd set-status`, a real `sync-agent run` daemon and `sync-agent sy
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import urllib.request
 from collections.abc import Iterator
@@ -75,6 +76,11 @@ def test_a_status_set_at_the_province_reaches_the_list_and_a_later_local_one_win
     assert shown["central"]["note"] == "Đã ký, mời nhận kết quả"
     assert shown["central"]["at"].endswith("+07:00")
     assert "Đã giải quyết" in row(page, dossier_id)
+    assert "cập nhật từ tỉnh/huyện" in row(page, dossier_id)
+    html = page.get("/")[1]
+    central = re.search(rf'<tr data-central-id="{dossier_id}">(.*?)</tr>', html, re.S)
+    assert central and "huyen.vanthu" in central.group(1)
+    assert "Đã ký, mời nhận kết quả" in central.group(1)
 
     # The officer returns the result at the desk afterwards: the local word wins,
     # here and, once pushed, at the province.
@@ -84,6 +90,7 @@ def test_a_status_set_at_the_province_reaches_the_list_and_a_later_local_one_win
     shown = api(page, agent_dir, dossier_id)
     assert shown["status"] == "returned" and shown["central"] is None
     assert "Đã trả kết quả" in row(page, dossier_id)
+    assert f'data-central-id="{dossier_id}"' not in page.get("/")[1]
     wait_until(lambda: server.dossiers()[0]["status"] == "returned", timeout_s=60,
                what="the local change to reach the province")
     agent("sync-now", "--data-dir", str(agent_dir), "--timeout", "60")

@@ -14,6 +14,7 @@ import os
 import re
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -220,7 +221,8 @@ async def test_a_status_set_centrally_changes_the_dossier_and_is_numbered(
     assert (done.code, done.commune_code, done.previous) == (f"{A}-261101-0001", A,
                                                               "processing")
     assert done.change == CentralChange(done.change.id, dossier_id(1), "finished", "Đã ký",
-                                        "huyen.ops", "2026-12-01T09:00:00.000+07:00")
+                                        "huyen.ops", "2026-12-01T09:00:00.000+07:00",
+                                        "finished")
     assert await dossiers_of(store, A) == {dossier_id(1): "finished"}
     [(updated_at,)] = await store.read("SELECT updated_at FROM dossiers")
     assert updated_at == "2026-12-01T02:00:00.000+00:00"
@@ -235,7 +237,9 @@ async def test_a_status_set_centrally_changes_the_dossier_and_is_numbered(
     assert not more
     assert await changes_after(store, B, 0, 10) == ([], False)
     assert (await changes_after(store, A, done.change.id, 1)) == ([again.change], False)
-    assert (await changes_after(store, A, 0, 1)) == ([done.change], True)
+    # Each change comes with what the dossier is now: returned, by the later one.
+    assert (await changes_after(store, A, 0, 1)) == ([replace(done.change, now="returned")],
+                                                     True)
 
 
 @pytest.mark.parametrize(("target", "new_status", "note", "by", "code", "words"), [
@@ -471,9 +475,9 @@ async def test_the_agent_pulls_resumably_and_the_newest_word_wins_by_queue_order
     finally:
         await flaky.close()
     assert await agent.queue.central_cursor() == 200
-    assert await _states(agent, mine) == ("processing", {
-        "status": "processing", "by": "tinh", "at": (await agent.queue.latest_central(
-            [mine]))[mine].at, "note": "bước 199"})
+    # The page's items say what the dossier is at the server now: finished,
+    # by a change the next page brings.
+    assert await _states(agent, mine) == ("finished", None)
 
     transport = agent.transport()
     try:
@@ -496,9 +500,12 @@ async def test_the_agent_pulls_resumably_and_the_newest_word_wins_by_queue_order
         assert b"huyen.ops" not in raw and "mời dân".encode() not in raw
         assert mine.encode() not in raw
 
-        # A status the officer records afterwards wins on this PC...
+        # A status the officer records afterwards wins on this PC, and at the
+        # province once pushed...
         await agent.update_status(mine, "returned", None, "Cán bộ A")
         assert await _states(agent, mine) == ("returned", None)
+        await agent.engine(transport).push_until_done(timeout_s=30)
+        assert await dossiers_of(store, A) == {mine: "returned"}
         # ...until the province changes it again after that.
         await change_status(store, mine, "supplement_requested", "Thiếu giấy tờ", "tinh")
         assert await pull_updates(agent, transport) == 1
@@ -506,6 +513,43 @@ async def test_the_agent_pulls_resumably_and_the_newest_word_wins_by_queue_order
         assert shown == "supplement_requested" and central and central["note"] == "Thiếu giấy tờ"
     finally:
         await transport.close()
+
+
+async def test_a_status_recorded_offline_and_pushed_after_a_central_one_agrees_everywhere(
+        client: TestClient[Any, Any], store: Store, agent: Agent) -> None:
+    """The officer marks a dossier while the link is down; meanwhile the district
+    finishes it. When the link is back the agent pushes, then pulls: the server
+    applied the officer's record after the district's change, so both the
+    server and the PC show the officer's status."""
+    mine = await _record_and_push(agent)
+    await agent.update_status(mine, "processing", None, "Cán bộ A")  # offline, not pushed
+    await change_status(store, mine, "finished", None, "huyen.ops")
+    transport = agent.transport()
+    try:
+        await agent.engine(transport).push_until_done(timeout_s=30)
+        assert await pull_updates(agent, transport) == 1
+    finally:
+        await transport.close()
+    assert await dossiers_of(store, A) == {mine: "processing"}
+    assert await _states(agent, mine) == ("processing", None)
+
+
+async def test_a_status_pulled_before_the_local_one_is_pushed_agrees_everywhere(
+        client: TestClient[Any, Any], store: Store, agent: Agent) -> None:
+    """The same, but the pull comes before the push (the catalogue timer): the PC
+    keeps its own status, which the server then applies last."""
+    mine = await _record_and_push(agent)
+    await agent.update_status(mine, "processing", None, "Cán bộ A")
+    await change_status(store, mine, "finished", None, "huyen.ops")
+    transport = agent.transport()
+    try:
+        assert await pull_updates(agent, transport) == 1
+        assert await _states(agent, mine) == ("processing", None)
+        await agent.engine(transport).push_until_done(timeout_s=30)
+    finally:
+        await transport.close()
+    assert await dossiers_of(store, A) == {mine: "processing"}
+    assert await _states(agent, mine) == ("processing", None)
 
 
 async def test_the_agent_believes_only_its_pinned_server(
