@@ -21,14 +21,20 @@ __all__ = ["read_json", "read_secret", "write_atomic", "write_json"]
 
 
 def write_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``data`` durably (temp file, fsync, rename)."""
+    """Replace ``path`` with ``data`` durably (temp file, fsync, rename); on
+    failure ``path`` is as it was and no temp file is left."""
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
-        os.write(fd, data)
+        view = memoryview(data)
+        while view:  # a write may take only part of the bytes (a nearly full disk)
+            view = view[os.write(fd, view):]
         os.fsync(fd)
-    finally:
+    except BaseException:
         os.close(fd)
+        tmp.unlink(missing_ok=True)  # a full disk leaves no half file behind
+        raise
+    os.close(fd)
     os.chmod(tmp, mode)
     os.replace(tmp, path)
     _fsync_dir(path.parent)
