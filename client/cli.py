@@ -202,7 +202,8 @@ async def _report_sync(agent: Agent, say: Messages, reason: str | None) -> int:
     st = await agent.queue.status()
     docs, doc_bytes = await agent.queue.documents_waiting()
     if st.pending > 0 or docs > 0 or reason is not None:
-        print(say("sync_waiting", pending=st.pending, reason=reason or "—"), file=sys.stderr)
+        print(say("sync_waiting", acked=st.acked_seq, pending=st.pending, reason=reason or "—"),
+              file=sys.stderr)
         if docs:
             print(say("documents_waiting", count=docs, bytes=doc_bytes), file=sys.stderr)
         return EXIT_INCOMPLETE

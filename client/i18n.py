@@ -50,8 +50,10 @@ CATALOG: dict[str, tuple[str, str]] = {
     "ago_minutes": ("{n} phút trước", "{n} minutes ago"),
     "ago_hours": ("{n} giờ trước", "{n} hours ago"),
     "ago_days": ("{n} ngày trước", "{n} days ago"),
-    "sync_waiting": ("Còn {pending} bản ghi chưa đồng bộ. Lý do: {reason}",
-                     "{pending} records still waiting. Reason: {reason}"),
+    "sync_waiting": ("{acked} bản ghi đã đến tỉnh; còn {pending} bản ghi chưa đồng bộ. "
+                     "Lý do: {reason}",
+                     "{acked} records have reached the province; {pending} records still "
+                     "waiting. Reason: {reason}"),
     "reason_timeout": ("hết thời gian chờ ({seconds} giây); lỗi gần nhất: {error}",
                        "timed out after {seconds} s; last error: {error}"),
     "reason_unreachable": ("không kết nối được máy chủ đúng cách ({error})",

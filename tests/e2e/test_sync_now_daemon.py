@@ -111,7 +111,8 @@ def test_sync_now_through_the_daemon_says_why_records_still_wait(
                    check=False)
     assert result.returncode == 3, result
     assert "The background sync service is running" in result.stderr
-    assert "3 records still waiting. Reason: timed out after 3" in result.stderr
+    assert ("0 records have reached the province; 3 records still waiting. Reason: timed out "
+            "after 3") in result.stderr
     assert daemon.poll() is None  # the daemon goes on trying
 
 
