@@ -27,7 +27,6 @@ from .errors import (
     AgentError,
     DocumentDamaged,
     InputError,
-    LockBusy,
     QueueCorrupt,
     RefusedError,
     SetupError,
@@ -185,6 +184,8 @@ def _failure_words(say: Messages, failure: Failure) -> str:
         return say("reason_refused", error=failure.message)
     if failure.kind == "stopped":
         return say("reason_stopped")
+    if failure.kind == "busy":
+        return say("reason_busy")
     return say("reason_unreachable", error=failure.message)
 
 
@@ -193,8 +194,6 @@ def _why_waiting(exc: BaseException, say: Messages, last_error: str | None,
     """One sentence for the officer: why records still wait."""
     if isinstance(exc, TimeoutError):
         return say("reason_timeout", seconds=timeout_s, error=last_error or "—")
-    if isinstance(exc, LockBusy):
-        return say("reason_busy")
     return _failure_words(say, describe_failure(exc))
 
 

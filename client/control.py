@@ -29,7 +29,7 @@ import aiohttp
 from aiohttp import web
 
 from .config import AgentPaths
-from .errors import DocumentDamaged, QueueCorrupt, RefusedError
+from .errors import DocumentDamaged, LockBusy, QueueCorrupt, RefusedError
 from .files import write_atomic
 from .lock import held_elsewhere
 
@@ -43,7 +43,7 @@ log = logging.getLogger("client.control")
 class Failure:
     """Why a sync ended with records still waiting, in a form that crosses
     processes: ``kind`` is one of ``unreachable``, ``refused``, ``revoked``,
-    ``damaged`` (``seq``), ``document`` (``sha256``), ``stopped``."""
+    ``damaged`` (``seq``), ``document`` (``sha256``), ``busy``, ``stopped``."""
 
     kind: str
     message: str
@@ -55,6 +55,8 @@ STOPPED = Failure("stopped", "the sync service is stopping")
 
 
 def describe_failure(exc: BaseException) -> Failure:
+    if isinstance(exc, LockBusy):
+        return Failure("busy", str(exc))
     if isinstance(exc, QueueCorrupt):
         return Failure("damaged", exc.reason, seq=exc.seq)
     if isinstance(exc, DocumentDamaged):
@@ -81,6 +83,7 @@ class SyncActivity:
         self.failing = False  # the last attempt of this run failed; it waits to retry
         self.acked = self.total = self.sent_bytes = 0
         self.failure: Failure | None = None
+        self.outcome: Failure | None = None  # how the latest ended run ended
         self.closed = False  # the daemon is stopping: nobody should wait for another run
         self._bytes_base = 0
         self._tick = asyncio.Event()
@@ -113,6 +116,7 @@ class SyncActivity:
 
     def end(self, failure: Failure | None) -> None:
         self.ended, self.running, self.failure = self.run, False, failure
+        self.outcome = failure  # kept until the next run ends (begin() does not reset it)
         self._changed()
 
     def close(self) -> None:
@@ -151,14 +155,19 @@ async def post_sync(request: web.Request) -> web.StreamResponse:
     async def send(line: dict[str, Any]) -> None:
         await response.write(json.dumps(line).encode() + b"\n")
 
-    await send(activity.snapshot())
-    changes = activity.changes()
-    while activity.ended < target and not activity.closed:
-        await anext(changes)
+    try:
         await send(activity.snapshot())
-    failure = activity.failure if activity.ended >= target else STOPPED
-    await send({"done": True, "failure": asdict(failure) if failure else None})
-    await response.write_eof()
+        changes = activity.changes()
+        while activity.ended < target and not activity.closed:
+            await anext(changes)
+            if request.transport is None or request.transport.is_closing():
+                return response  # the asker went away (Ctrl-C, its timeout)
+            await send(activity.snapshot())
+        failure = activity.outcome if activity.ended >= target else STOPPED
+        await send({"done": True, "failure": asdict(failure) if failure else None})
+        await response.write_eof()
+    except ConnectionResetError:
+        pass  # the asker went away; the sync goes on
     return response
 
 
@@ -205,8 +214,9 @@ async def ask_daemon(port: int, token: str,
         ConnectionError: the daemon did not answer, or stopped before the end
             (the caller syncs by itself instead).
     """
-    try:
-        async with aiohttp.ClientSession() as session, session.post(
+    try:  # no total timeout: the caller bounds the wait (``--timeout``)
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as session, \
+                session.post(
                 f"http://127.0.0.1:{port}/sync",
                 headers={"Authorization": f"Bearer {token}"}) as response:
             if response.status != 200:

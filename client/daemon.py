@@ -21,7 +21,7 @@ from pathlib import Path
 from aiohttp import web
 
 from .agent import Agent
-from .config import AgentPaths
+from .config import AgentConfig, AgentPaths
 from .control import (
     STOPPED,
     Failure,
@@ -92,9 +92,11 @@ async def run_daemon(paths: AgentPaths, *, poll_s: float = 0.5, refused_pause_s:
     Raises:
         SetupError: another daemon runs on this data directory.
     """
+    AgentConfig.load(paths)  # not enrolled: say so before anything is created
     life = HeldForLife(paths.daemon_lock)
     if not life.acquire():
         raise SetupError("another `sync-agent run` is already running for this data directory")
+    withdraw(paths)  # a port announced by a daemon that died is no longer ours to name
     try:
         await _run(paths, poll_s, refused_pause_s, stop or asyncio.Event(), ui_port,
                    pull_every_s, ScanFolder(scan_dir or paths.root / "scans"))
@@ -121,10 +123,14 @@ async def _run(paths: AgentPaths, poll_s: float, refused_pause_s: float, stop: a
     next_pull = 0.0
     try:
         while not stop.is_set():
-            if loop.time() >= next_pull:  # the catalogue and holidays the province publishes
+            waiting = await agent.waiting()
+            # What the province publishes (catalogue, holidays, statuses set there),
+            # asked after a push, never before one: the statuses' order needs the
+            # server to have acknowledged what it already holds of this queue.
+            if loop.time() >= next_pull and not waiting:
                 await pull_quietly(agent, transport)
                 next_pull = loop.time() + pull_every_s
-            if activity.requested.is_set() or await agent.waiting():
+            if activity.requested.is_set() or waiting:
                 activity.requested.clear()
                 activity.begin(engine.sent_bytes)
                 failure: Failure | None = STOPPED
@@ -144,7 +150,7 @@ async def _run(paths: AgentPaths, poll_s: float, refused_pause_s: float, stop: a
                     failure = describe_failure(exc)
                 finally:
                     activity.end(failure)
-                if failure is not None:
+                if failure is not None and not activity.requested.is_set():
                     await engine.pause(refused_pause_s)  # `sync-now` cuts it short
                 continue
             await _either(stop, activity.requested, poll_s)

@@ -92,7 +92,11 @@ class ScanFolder:
     def set_aside(self, names: list[str]) -> None:
         """Move attached scans into ``attached/`` (a name taken there gets a suffix)."""
         target = self.folder / ATTACHED
-        target.mkdir(exist_ok=True)
+        try:
+            target.mkdir(exist_ok=True)
+        except OSError as exc:  # a read-only share, a file named so: the scans just stay
+            log.warning("scans not moved aside: %s", exc.strerror)
+            return
         for name in names:
             destination = target / name
             stem, suffix, n = destination.stem, destination.suffix, 1
@@ -110,6 +114,6 @@ class ScanFolder:
         with contextlib.suppress(OSError):
             self.folder.mkdir(parents=True, exist_ok=True)
         while not stop.is_set():
-            self.look()
+            await asyncio.to_thread(self.look)  # a slow network share never blocks the page
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.settle_s / 2)

@@ -112,12 +112,14 @@ async def change_status(store: Store, dossier_code_or_id: str, status: str,
         StoreError: the store could not do it. Nothing changed.
     """
     status, note, by_user = _check(status, note, by_user)
-    moment = (now or datetime.now(UTC)).astimezone(UTC)
-    created_at = moment.isoformat(timespec="milliseconds")
-    at = vietnam_time(created_at)
     async with store.write() as txn:
         dossier_id = await _resolve(txn, dossier_code_or_id)
         await txn.lock("dossier", dossier_id)
+        # The time is read once the dossier is ours: a batch that changed it
+        # first has an earlier time, so history orders the two as they applied.
+        moment = (now or datetime.now(UTC)).astimezone(UTC)
+        created_at = moment.isoformat(timespec="milliseconds")
+        at = vietnam_time(created_at)
         data, owner, commune = await txn.one(
             "SELECT data, agent_id, commune_code FROM dossiers WHERE id = ?", dossier_id)
         current: dict[str, Any] = json.loads(data)

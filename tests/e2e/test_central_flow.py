@@ -95,3 +95,42 @@ def test_a_status_set_at_the_province_reaches_the_list_and_a_later_local_one_win
                what="the local change to reach the province")
     agent("sync-now", "--data-dir", str(agent_dir), "--timeout", "60")
     assert api(page, agent_dir, dossier_id)["status"] == "returned"  # nothing new came down
+
+
+def test_a_status_set_after_a_usb_import_shows_once_the_daemon_starts(
+        server: Server, agent_dir: Path, tmp_path: Path) -> None:
+    """The stick carried the dossier to the province, the district finished it,
+    and the PC had not brought the acks back: when the daemon starts with the
+    link up it pushes (the server already holds it) before it asks what came
+    down, so the PC shows the province's word."""
+    received = datetime.now(VIETNAM).replace(microsecond=0).isoformat()
+    source = tmp_path / "dossier.json"
+    source.write_text(json.dumps({"procedure_code": "1.001193",
+                                  "procedure_name": "Đăng ký khai sinh",
+                                  "applicant": {"name": "Vừ A Tủa"}, "received_at": received},
+                                 ensure_ascii=False), encoding="utf-8")
+    [dossier_id] = agent("add", "--data-dir", str(agent_dir), str(source)).stdout.split()
+    stick = tmp_path / "stick"
+    agent("export", "--data-dir", str(agent_dir), "--to", str(stick))
+    syncd("import", "--data-dir", str(server.data_dir), str(stick))
+    [held] = server.dossiers()
+    syncd("set-status", "--data-dir", str(server.data_dir), held["code"], "finished",
+          "--by", "huyen.vanthu")
+
+    port = free_port()
+    with open(tmp_path / "daemon.log", "w", encoding="utf-8") as log:
+        proc = subprocess.Popen([AGENT, "run", "--data-dir", str(agent_dir), "--ui-port",
+                                 str(port)], stdout=log, stderr=log, env=cli_env())
+        page = Page(port)
+        try:
+            wait_until(lambda: page.get("/")[0] == 200 or proc.poll() is not None,
+                       what="the intake page")
+            assert proc.poll() is None, (tmp_path / "daemon.log").read_text()
+            wait_until(lambda: api(page, agent_dir, dossier_id)["status"] == "finished",
+                       timeout_s=60, what="the province's status on the PC")
+            shown = api(page, agent_dir, dossier_id)
+            assert shown["sync"] == "synced" and shown["central"]["by"] == "huyen.vanthu"
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    assert server.dossiers()[0]["status"] == "finished"
