@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import hashlib
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ from protocol import MEDIA_TYPE, BatchBody, DecodeError, ProtocolError
 from protocol.batches import decode_sealed_batch, encode_batch_body
 from protocol.bundles import (
     ACKS_SUFFIX,
+    BUNDLE_SUFFIX,
     MAX_REFUSAL_BYTES,
     REFUSAL_SUFFIX,
     Refusal,
@@ -289,6 +291,14 @@ async def _apply_batch(engine: SyncEngine, agent: Agent, item_status: int, reply
     result.acked_seq = max(result.acked_seq or 0, held)
 
 
+def _sha256_of(path: Path) -> bytes:
+    digest = hashlib.sha256()
+    with path.open("rb") as source:
+        while block := source.read(1 << 20):
+            digest.update(block)
+    return digest.digest()
+
+
 def _read_refusal(agent: Agent, path: Path) -> ImportedAcks | None:
     """A refusal file for this agent, verified against the pinned server key
     (``problem`` says why it was not believed); None for another agent's."""
@@ -303,6 +313,9 @@ def _read_refusal(agent: Agent, path: Path) -> ImportedAcks | None:
         refusal = decode_refusal(open_reply(data, agent.config.server_key_bytes))
         if refusal.agent_id != agent.config.agent_id:
             return None
+        bundle = path.with_name(path.name.removesuffix(REFUSAL_SUFFIX) + BUNDLE_SUFFIX)
+        if bundle.exists() and _sha256_of(bundle) != refusal.bundle:
+            raise DecodeError("it answers another bundle than the one beside it")
         result.bundle_refused = refusal
     except ProtocolError as exc:
         result.problem = str(exc)

@@ -103,6 +103,15 @@ def test_a_tampered_refusal_is_reported_and_ignored(server: Server, agent_dir: P
         assert "từ chối cả gói" not in result.stderr
     assert agent_status(agent_dir)["pending"] == 2
 
+    # The server's own refusal, beside a bundle it does not answer: not believed.
+    path.write_bytes(data)
+    [bundle] = sorted(stick.glob("*.csbundle"))
+    bundle.write_bytes(bundle.read_bytes() + b"\x00")
+    result = import_acks_in(agent_dir, stick, "en")
+    [line] = [line for line in result.stderr.splitlines() if path.name in line]
+    assert result.returncode == 1 and "another bundle than the one beside it" in line
+    assert "refused the whole bundle" not in result.stderr
+
 
 def test_a_refusal_from_the_wrong_server_is_not_believed_and_the_right_one_replaces_it(
         server: Server, agent_dir: Path, tmp_path: Path) -> None:
