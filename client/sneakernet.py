@@ -183,11 +183,18 @@ class _Parts:
             return
         items, self._items = self._items, []
         head = bundle_head(self.agent_id, len(items))
+        write = asyncio.ensure_future(asyncio.to_thread(
+            _write_part, self.folder / self.files[-1].name, [head, *items]))
         try:
-            await asyncio.to_thread(_write_part, self.folder / self.files[-1].name,
-                                    [head, *items])
+            await asyncio.shield(write)
         except OSError as exc:
             raise ExportFailed(self.folder, exc) from exc
+        except asyncio.CancelledError:
+            # Interrupted (Ctrl-C): let the thread finish its file, so that
+            # ``discard`` removes it instead of racing its rename.
+            with contextlib.suppress(Exception):
+                await write
+            raise
 
     def discard(self) -> None:
         """Remove the parts this export already wrote (it failed half way)."""

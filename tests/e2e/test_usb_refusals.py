@@ -5,6 +5,7 @@ export that streams several part files (or fails cleanly when it cannot write).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import subprocess
@@ -296,3 +297,25 @@ def test_a_full_stick_is_a_clear_error_and_leaves_no_file(offline: Server, agent
         assert small.strip() == "failed: full"
     assert list(mnt.iterdir()) == []  # the tmpfs went away with its namespace
     assert agent_status(agent_dir) == before
+
+
+async def test_an_export_interrupted_while_a_part_is_written_leaves_no_file(
+        agent_dir: Path, tmp_path: Path) -> None:
+    scan = tmp_path / "scans.pdf"
+    scan.write_bytes(os.urandom(16 * 1024 * 1024))
+    add(agent_dir, [{**make_dossiers(1, seed=49)[0],
+                     "documents": [{"name": "Bản scan", "path": str(scan)}]}], tmp_path)
+    stick = tmp_path / "usb"
+    agent_ = await Agent.open(AgentPaths(agent_dir))
+    try:
+        export = asyncio.create_task(export_bundles(agent_, stick, part_bytes=8 << 20))
+        deadline = asyncio.get_running_loop().time() + 60
+        while not any(stick.glob(".*.tmp")):  # a part is being written by its thread
+            assert not export.done() and asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.0005)
+        export.cancel()  # Ctrl-C
+        with pytest.raises(asyncio.CancelledError):
+            await export
+    finally:
+        await agent_.close()
+    assert list(stick.iterdir()) == []
