@@ -4,7 +4,8 @@ offered on the intake page, and the ones the officer attaches move aside.
 Rules:
 
 * A file is offered once it is *settled*: the same size and modification
-  stamp at two looks at least ``settle_s`` apart (the daemon's monotonic
+  stamp at looks at least ``settle_s`` (2 s) apart, and taken only if it is
+  still so when the dossier is saved (the daemon's monotonic
   clock; the stamp is only compared with itself, never used to order
   anything). A scan still being written is not offered.
 * Only plain files directly in the folder count; hidden files, temporary
@@ -44,7 +45,7 @@ class ScanFile:
 class ScanFolder:
     """Watches ``folder`` (created when missing) for finished scans."""
 
-    def __init__(self, folder: Path, *, settle_s: float = 1.0,
+    def __init__(self, folder: Path, *, settle_s: float = 2.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.folder = folder
         self.settle_s = settle_s
@@ -84,10 +85,17 @@ class ScanFolder:
         return [ScanFile(name, self._seen[name][0]) for name in ready[:MAX_OFFERED]]
 
     def path_of(self, name: str) -> Path | None:
-        """The path of an offered scan named ``name``, or None."""
-        if any(scan.name == name for scan in self.offered()):
-            return self.folder / name
-        return None
+        """The path of an offered scan named ``name``, or None (not offered, or
+        changed since it was last seen: a scanner writing it again)."""
+        seen = self._seen.get(name)
+        if seen is None or not any(scan.name == name for scan in self.offered()):
+            return None
+        path = self.folder / name
+        try:
+            stat = path.stat(follow_symlinks=False)
+        except OSError:
+            return None
+        return path if (stat.st_size, stat.st_mtime_ns) == seen[:2] else None
 
     def set_aside(self, names: list[str]) -> None:
         """Move attached scans into ``attached/`` (a name taken there gets a suffix)."""

@@ -35,6 +35,9 @@ def test_a_scan_is_offered_only_after_it_settles(tmp_path: Path) -> None:
     assert offered.name == "ho-so.pdf" and offered.size == 2000
     assert folder.path_of("ho-so.pdf") == scan
     assert folder.path_of("../ho-so.pdf") is None and folder.path_of("khac.pdf") is None
+    with scan.open("ab") as out:  # written again after it was offered: not taken
+        out.write(b"c")
+    assert folder.path_of("ho-so.pdf") is None
 
 
 def test_empty_hidden_temporary_and_nested_files_are_never_offered(tmp_path: Path) -> None:
