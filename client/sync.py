@@ -71,7 +71,7 @@ from .pacing import LinkPacer, full_jitter
 from .queue import Queue, QueueStatus
 from .transport import HttpTransport, Reply
 
-__all__ = ["Stopped", "SyncEngine", "SyncLimits", "local_now_iso"]
+__all__ = ["Stopped", "SyncEngine", "SyncLimits", "local_now_iso", "refusal_of"]
 
 log = logging.getLogger("client.sync")
 
@@ -84,6 +84,21 @@ def _agent_version() -> str:
 
 
 _AGENT_VERSION = _agent_version()
+
+
+def refusal_of(reply: Reply, message: bytes) -> SyncError:
+    """The error a non-200 reply stands for, given its opened (verified) message:
+    a refusal to report, or a transport failure to retry (408, 429, 5xx, or no
+    protocol answer)."""
+    try:
+        err = decode_error(message)
+    except DecodeError:
+        return TransportError(f"HTTP {reply.status} without a protocol answer",
+                              retry_after_s=reply.retry_after_s)
+    if reply.status in (408, 429) or reply.status >= 500:
+        return TransportError(f"HTTP {reply.status}: {err.code}: {err.message}",
+                              retry_after_s=reply.retry_after_s)
+    return RefusedError(err.code, err.message)
 
 
 class Stopped(Exception):
@@ -203,16 +218,10 @@ class SyncEngine:
 
     def _refusal(self, reply: Reply) -> SyncError:
         try:
-            err = decode_error(self._open(reply))
+            message = self._open(reply)
         except TransportError as exc:
             return exc
-        except DecodeError:
-            return TransportError(f"HTTP {reply.status} without a protocol answer",
-                                  retry_after_s=reply.retry_after_s)
-        if reply.status in (408, 429) or reply.status >= 500:
-            return TransportError(f"HTTP {reply.status}: {err.code}: {err.message}",
-                                  retry_after_s=reply.retry_after_s)
-        return RefusedError(err.code, err.message)
+        return refusal_of(reply, message)
 
     async def heartbeat(self, status: QueueStatus | None = None) -> Heartbeat:
         """How this agent is doing, for the operators (no dossier content)."""

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 
 from protocol import DecodeError
-from protocol.messages import decode_error, encode_envelope
+from protocol.messages import encode_envelope
 from protocol.signing import sign_envelope
 from protocol.updates import (
     KIND,
@@ -31,27 +31,15 @@ from protocol.updates import (
 )
 
 from .agent import Agent
-from .errors import RefusedError, SyncError, TransportError
-from .transport import HttpTransport, Reply
+from .errors import TransportError
+from .sync import refusal_of
+from .transport import HttpTransport
 
 __all__ = ["pull_updates"]
 
 log = logging.getLogger("client.updates")
 MAX_PAGES = 1000  # per pull: 200,000 changes; the rest waits for the next pull
 _TIMEOUT_S = 30.0
-
-
-def _refusal(reply: Reply, message: bytes) -> SyncError:
-    """The error a signed non-200 answer stands for."""
-    try:
-        err = decode_error(message)
-    except DecodeError:
-        return TransportError(f"HTTP {reply.status} without a protocol answer",
-                              retry_after_s=reply.retry_after_s)
-    if reply.status in (408, 429) or reply.status >= 500:
-        return TransportError(f"HTTP {reply.status}: {err.code}: {err.message}",
-                              retry_after_s=reply.retry_after_s)
-    return RefusedError(err.code, err.message)
 
 
 def _check(page: UpdatesPage, after: int) -> None:
@@ -69,7 +57,7 @@ async def _page(agent: Agent, transport: HttpTransport, after: int) -> UpdatesPa
     reply = await transport.post("/v1/updates", encode_envelope(env), timeout_s=_TIMEOUT_S)
     message = reply.signed_message(agent.config.server_key_bytes)
     if reply.status != 200:
-        raise _refusal(reply, message)
+        raise refusal_of(reply, message)
     try:
         page = decode_updates_page(message)
     except DecodeError as exc:

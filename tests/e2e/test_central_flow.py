@@ -3,6 +3,7 @@ operator's `syncd set-status`, a real `sync-agent run` daemon and `sync-agent sy
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
@@ -19,8 +20,8 @@ from tests.e2e.test_intake import Page, row
 from tests.support.procs import AGENT, Server, agent, cli_env, free_port, syncd, wait_until
 
 
-@pytest.fixture
-def daemon(server: Server, agent_dir: Path, tmp_path: Path) -> Iterator[Page]:
+@contextlib.contextmanager
+def running_daemon(agent_dir: Path, tmp_path: Path) -> Iterator[Page]:
     """`sync-agent run` for the enrolled agent, its intake page on a free port."""
     port = free_port()
     with open(tmp_path / "daemon.log", "w", encoding="utf-8") as log:
@@ -35,6 +36,12 @@ def daemon(server: Server, agent_dir: Path, tmp_path: Path) -> Iterator[Page]:
         finally:
             proc.terminate()
             proc.wait(timeout=30)
+
+
+@pytest.fixture
+def daemon(server: Server, agent_dir: Path, tmp_path: Path) -> Iterator[Page]:
+    with running_daemon(agent_dir, tmp_path) as page:
+        yield page
 
 
 def api(page: Page, agent_dir: Path, dossier_id: str) -> dict[str, Any]:
@@ -117,20 +124,9 @@ def test_a_status_set_after_a_usb_import_shows_once_the_daemon_starts(
     syncd("set-status", "--data-dir", str(server.data_dir), held["code"], "finished",
           "--by", "huyen.vanthu")
 
-    port = free_port()
-    with open(tmp_path / "daemon.log", "w", encoding="utf-8") as log:
-        proc = subprocess.Popen([AGENT, "run", "--data-dir", str(agent_dir), "--ui-port",
-                                 str(port)], stdout=log, stderr=log, env=cli_env())
-        page = Page(port)
-        try:
-            wait_until(lambda: page.get("/")[0] == 200 or proc.poll() is not None,
-                       what="the intake page")
-            assert proc.poll() is None, (tmp_path / "daemon.log").read_text()
-            wait_until(lambda: api(page, agent_dir, dossier_id)["status"] == "finished",
-                       timeout_s=60, what="the province's status on the PC")
-            shown = api(page, agent_dir, dossier_id)
-            assert shown["sync"] == "synced" and shown["central"]["by"] == "huyen.vanthu"
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+    with running_daemon(agent_dir, tmp_path) as page:
+        wait_until(lambda: api(page, agent_dir, dossier_id)["status"] == "finished",
+                   timeout_s=60, what="the province's status on the PC")
+        shown = api(page, agent_dir, dossier_id)
+        assert shown["sync"] == "synced" and shown["central"]["by"] == "huyen.vanthu"
     assert server.dossiers()[0]["status"] == "finished"

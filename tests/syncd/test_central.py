@@ -55,7 +55,6 @@ from syncd.keys import ServerKeys
 from syncd.report import on_time_report
 from syncd.store import AgentRow, Store, open_store
 from tests.support.dossiers import make_dossiers
-from tests.support.pg import create_database, drop_database
 from tests.support.procs import syncd
 from tests.syncd.test_app import post
 from tests.syncd.test_pages import PASSWORD, login
@@ -68,16 +67,10 @@ UTC_DAY = datetime(2026, 12, 1, tzinfo=UTC)
 # Fixtures and helpers ------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    url = await create_database() if request.param == "postgresql" else None
-    opened = await open_store(tmp_path / "syncd.db", url)
-    try:
-        yield opened
-    finally:
-        await opened.close()
-        if url is not None:
-            await drop_database(url)
+@pytest.fixture
+def store(backend_store: Store) -> Store:
+    """Every test here runs on SQLite and on PostgreSQL."""
+    return backend_store
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import csv
 import io
 import json
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
 from itertools import count
 from pathlib import Path
@@ -30,7 +29,6 @@ from syncd.ingest import ingest_batch
 from syncd.keys import ServerKeys
 from syncd.report import count_row, judge, on_time_report, report_rows
 from syncd.store import AgentRow, Store, open_store
-from tests.support.pg import create_database, drop_database
 from tests.support.procs import syncd
 
 A, B = "01111", "02222"
@@ -95,16 +93,10 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> ServerKeys:
     return ServerKeys.create(tmp_path_factory.mktemp("keys"))
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    url = await create_database() if request.param == "postgresql" else None
-    opened = await open_store(tmp_path / "syncd.db", url)
-    try:
-        yield opened
-    finally:
-        await opened.close()
-        if url is not None:
-            await drop_database(url)
+@pytest.fixture
+def store(backend_store: Store) -> Store:
+    """Every test here runs on SQLite and on PostgreSQL."""
+    return backend_store
 
 
 def vn(day: str, time: str = "08:00") -> str:
