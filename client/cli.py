@@ -36,7 +36,7 @@ from .i18n import Messages, pick_language
 from .intake import api_token
 from .lock import SyncLock, held_elsewhere
 from .published import pull_quietly
-from .sneakernet import ExportFailed, export_bundles, import_acks
+from .sneakernet import ExportedFile, ExportFailed, export_bundles, import_acks
 
 __all__ = ["main"]
 
@@ -311,9 +311,13 @@ async def cmd_export(args: argparse.Namespace, say: Messages) -> int:
     folder: Path = args.to
     why = {"full": "write_full", "denied": "write_denied", "not_folder": "write_not_folder"}
 
+    def written(part: ExportedFile, total: int) -> None:  # progress, on stderr
+        print(say("export_progress", file=part.name, mib=f"{total / (1 << 20):.1f}"),
+              file=sys.stderr, flush=True)
+
     async def work(agent: Agent) -> int:
         try:
-            result = await export_bundles(agent, folder)  # creates the folder
+            result = await export_bundles(agent, folder, on_part=written)  # makes the folder
         except ExportFailed as exc:
             detail = say(why[exc.reason]) if exc.reason in why else exc.detail
             print(say("export_failed", folder=folder, detail=detail), file=sys.stderr)

@@ -96,6 +96,8 @@ CATALOG: dict[str, tuple[str, str]] = {
                     "not yet acknowledged to {folder}. Take the stick to the district/province "
                     "(`syncd import`), then run `sync-agent import-acks` on the acks it brings "
                     "back."),
+    "export_progress": ("Đang ghi lên USB: {file} xong, đã ghi {mib} MiB…",
+                        "Writing to the stick: {file} done, {mib} MiB written…"),
     "export_nothing": ("Không có gì chờ gửi; không ghi tệp nào.",
                        "Nothing is waiting; no file written."),
     "acks_none": ("Không có tệp xác nhận (*.csacks) nào của máy này trong {folder}.",

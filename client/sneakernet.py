@@ -32,7 +32,7 @@ import contextlib
 import errno
 import hashlib
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -160,9 +160,12 @@ class _Parts:
     is written as soon as the next item would not fit, so only the open
     part's items are held."""
 
-    def __init__(self, folder: Path, agent_id: str, stamp: str, part_bytes: int) -> None:
+    def __init__(self, folder: Path, agent_id: str, stamp: str, part_bytes: int,
+                 on_part: Callable[[ExportedFile, int], None] | None = None) -> None:
         self.folder, self.agent_id, self.stamp = folder, agent_id, stamp
         self.part_bytes = part_bytes
+        self.on_part = on_part  # (the part written, bytes written so far)
+        self.written = 0
         self.files: list[ExportedFile] = []
         self._items: list[bytes] = []  # the open part's encoded items
 
@@ -195,6 +198,9 @@ class _Parts:
             with contextlib.suppress(Exception):
                 await write
             raise
+        self.written += len(head) + sum(map(len, items))
+        if self.on_part is not None:
+            self.on_part(self.files[-1], self.written)
 
     def discard(self) -> None:
         """Remove the parts this export already wrote (it failed half way)."""
@@ -241,8 +247,9 @@ async def _add_documents(agent: Agent, parts: _Parts) -> int:
     return len(docs)
 
 
-async def export_bundles(agent: Agent, folder: Path, *,
-                         part_bytes: int = PART_BYTES) -> ExportResult:
+async def export_bundles(agent: Agent, folder: Path, *, part_bytes: int = PART_BYTES,
+                         on_part: Callable[[ExportedFile, int], None] | None = None
+                         ) -> ExportResult:
     """Write every unacknowledged record and document chunk into bundle files
     in ``folder`` (created if missing), each part as soon as it is full.
 
@@ -250,6 +257,8 @@ async def export_bundles(agent: Agent, folder: Path, *,
         part_bytes: start a new part file before its items pass this size
             (an item is never split; the server takes files up to
             ``protocol.bundles.MAX_BUNDLE_BYTES``).
+        on_part: told each part as it lands, with the bytes written so far
+            (progress for a long export onto a slow stick).
 
     Raises:
         ExportFailed: ``folder`` cannot be created or written; no file of
@@ -262,7 +271,7 @@ async def export_bundles(agent: Agent, folder: Path, *,
     except OSError as exc:
         raise ExportFailed(folder, exc) from exc
     stamp = datetime.now().strftime("%Y%m%d%H%M%S")  # a file name only, never an order
-    parts = _Parts(folder, agent.config.agent_id, stamp, part_bytes)
+    parts = _Parts(folder, agent.config.agent_id, stamp, part_bytes, on_part)
     try:
         # Writes happen under the lock too: a sync running meanwhile could
         # erase a completed document that this export is still reading.

@@ -61,9 +61,10 @@ def test_usb_round_trip_with_a_document_and_double_imports_change_nothing(
     ids = add(agent_dir, dossiers, tmp_path)
     assert agent_status(agent_dir)["pending"] == 30
 
-    out = export(agent_dir, stick, lang="vi")
-    assert "Đã xuất 30 bản ghi" in out
+    written = agent("export", "--data-dir", str(agent_dir), "--to", str(stick), lang="vi")
+    assert "Đã xuất 30 bản ghi" in written.stdout
     [bundle] = sorted(stick.glob("*.csbundle"))
+    assert f"Đang ghi lên USB: {bundle.name} xong, đã ghi 3." in written.stderr  # ~3 MiB
     assert bundle.name.startswith(agent_status(agent_dir)["agent_id"] + "-")
     assert agent_status(agent_dir)["pending"] == 30  # exporting acknowledges nothing
 

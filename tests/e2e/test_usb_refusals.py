@@ -140,10 +140,14 @@ def test_a_refusal_from_the_wrong_server_is_not_believed_and_the_right_one_repla
     assert sorted(d["id"] for d in server.dossiers()) == sorted(ids)
 
 
-async def _export(agent_dir: Path, stick: Path, part_bytes: int) -> list[str]:
+async def _export(agent_dir: Path, stick: Path, part_bytes: int,
+                  told: list[tuple[str, int]] | None = None) -> list[str]:
     agent_ = await Agent.open(AgentPaths(agent_dir))
     try:
-        result = await export_bundles(agent_, stick, part_bytes=part_bytes)
+        result = await export_bundles(
+            agent_, stick, part_bytes=part_bytes,
+            on_part=lambda part, total: told.append((part.name, total)) if told is not None
+            else None)
     finally:
         await agent_.close()
     return [part.name for part in result.files]
@@ -158,8 +162,13 @@ async def test_an_export_larger_than_a_part_writes_several_files_exactly_once(
     dossiers[5]["documents"] = [{"name": "Bản scan", "path": str(scan)}]
     ids = add(agent_dir, dossiers, tmp_path)
 
-    names = await _export(agent_dir, stick, part_bytes=1 << 20)
+    told: list[tuple[str, int]] = []
+    names = await _export(agent_dir, stick, part_bytes=1 << 20, told=told)
     assert names == sorted(p.name for p in stick.glob("*.csbundle"))
+    # Progress as each part landed: its name and the bytes on the stick so far.
+    assert [name for name, _ in told] == names
+    sizes = [(stick / name).stat().st_size for name in names]
+    assert [total for _, total in told] == [sum(sizes[:n + 1]) for n in range(len(sizes))]
     assert len(names) >= 4 and names[0].endswith("-001.csbundle")
     assert not list(stick.glob(".*"))  # no temp file left
     items = [item for name in names for item in decode_bundle((stick / name).read_bytes()).items]
