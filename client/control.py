@@ -82,7 +82,6 @@ class SyncActivity:
         self.running = False
         self.failing = False  # the last attempt of this run failed; it waits to retry
         self.acked = self.total = self.sent_bytes = 0
-        self.failure: Failure | None = None
         self.outcome: Failure | None = None  # how the latest ended run ended
         self.closed = False  # the daemon is stopping: nobody should wait for another run
         self._bytes_base = 0
@@ -94,7 +93,7 @@ class SyncActivity:
 
     def begin(self, engine_bytes: int) -> None:
         self.run += 1
-        self.running, self.failing, self.failure = True, False, None
+        self.running, self.failing = True, False
         self.acked = self.total = self.sent_bytes = 0
         self._bytes_base = engine_bytes
         self._changed()
@@ -115,8 +114,9 @@ class SyncActivity:
         return self.running and not self.failing
 
     def end(self, failure: Failure | None) -> None:
-        self.ended, self.running, self.failure = self.run, False, failure
-        self.outcome = failure  # kept until the next run ends (begin() does not reset it)
+        # Kept until the next run ends: a follower woken after the next begin()
+        # still reads the outcome of the run it waited for.
+        self.ended, self.running, self.outcome = self.run, False, failure
         self._changed()
 
     def close(self) -> None:
@@ -155,7 +155,7 @@ async def post_sync(request: web.Request) -> web.StreamResponse:
     async def send(line: dict[str, Any]) -> None:
         await response.write(json.dumps(line).encode() + b"\n")
 
-    try:
+    with contextlib.suppress(ConnectionResetError):  # the asker went away; the sync goes on
         await send(activity.snapshot())
         changes = activity.changes()
         while activity.ended < target and not activity.closed:
@@ -166,8 +166,6 @@ async def post_sync(request: web.Request) -> web.StreamResponse:
         failure = activity.outcome if activity.ended >= target else STOPPED
         await send({"done": True, "failure": asdict(failure) if failure else None})
         await response.write_eof()
-    except ConnectionResetError:
-        pass  # the asker went away; the sync goes on
     return response
 
 

@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import stat
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -20,23 +21,26 @@ from .errors import SetupError
 __all__ = ["read_json", "read_secret", "write_atomic", "write_json"]
 
 
-def write_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``data`` durably (temp file, fsync, rename); on
-    failure ``path`` is as it was and no temp file is left."""
+def write_atomic(path: Path, data: bytes | Iterable[bytes], *, mode: int = 0o644) -> None:
+    """Replace ``path`` with ``data`` (bytes, or pieces written in turn, never
+    joined into one copy) durably: temp file, fsync, rename. On failure
+    ``path`` is as it was and no temp file is left."""
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
-        view = memoryview(data)
-        while view:  # a write may take only part of the bytes (a nearly full disk)
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
+        try:
+            for piece in [data] if isinstance(data, bytes | bytearray) else data:
+                view = memoryview(piece)
+                while view:  # a write may take only part of the bytes (a nearly full disk)
+                    view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
     except BaseException:
-        os.close(fd)
         tmp.unlink(missing_ok=True)  # a full disk leaves no half file behind
         raise
-    os.close(fd)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
     _fsync_dir(path.parent)
 
 

@@ -31,8 +31,7 @@ import asyncio
 import contextlib
 import errno
 import hashlib
-import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -58,6 +57,7 @@ from protocol.signing import sign_envelope
 
 from .agent import Agent
 from .errors import AgentError, QueueCorrupt, RefusedError
+from .files import write_atomic
 from .lock import SyncLock
 from .sync import SyncEngine
 from .transport import Reply
@@ -131,30 +131,6 @@ def _signed(agent: Agent, kind: str, signed: bytes) -> bytes:
     return encode_envelope(sign_envelope(agent.key, kind, agent.config.agent_id, signed))
 
 
-def _write_part(path: Path, pieces: Iterable[bytes]) -> None:
-    """Write ``pieces`` to ``path`` durably (temp file, fsync, rename, like
-    :func:`client.files.write_atomic`, without joining them into one copy);
-    on any failure the temp file is removed and ``path`` never appears."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as f:  # buffered: a short write on a full disk raises
-            for piece in pieces:
-                f.write(piece)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    with contextlib.suppress(OSError):  # not supported everywhere
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 class _Parts:
     """Bundle items cut into files of at most about ``part_bytes``; each part
     is written as soon as the next item would not fit, so only the open
@@ -187,7 +163,7 @@ class _Parts:
         items, self._items = self._items, []
         head = bundle_head(self.agent_id, len(items))
         write = asyncio.ensure_future(asyncio.to_thread(
-            _write_part, self.folder / self.files[-1].name, [head, *items]))
+            write_atomic, self.folder / self.files[-1].name, [head, *items]))
         try:
             await asyncio.shield(write)
         except OSError as exc:

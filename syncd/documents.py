@@ -25,7 +25,7 @@ from .errors import RequestError, StoreError
 from .ingest import utc_now
 from .store import Store
 
-__all__ = ["DocumentStore"]
+__all__ = ["DocumentStore", "replace_durably"]
 
 log = logging.getLogger("syncd.documents")
 _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
@@ -56,7 +56,8 @@ def _hash_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _finish(part: Path, final: Path) -> None:
+def replace_durably(part: Path, final: Path) -> None:
+    """Rename the written (fsynced) ``part`` to ``final`` and make the rename durable."""
     os.replace(part, final)
     fd = os.open(final.parent, os.O_RDONLY)
     try:
@@ -112,7 +113,7 @@ class DocumentStore:
             offset, complete = chunk.offset + len(chunk.data), False
             if offset == chunk.size:
                 if await asyncio.to_thread(_hash_file, part) == chunk.sha256:
-                    await asyncio.to_thread(_finish, part, self.path(chunk.sha256))
+                    await asyncio.to_thread(replace_durably, part, self.path(chunk.sha256))
                     complete = True
                 else:  # a sender lied or bytes were damaged: start this document over
                     log.warning("document %s failed its hash check; discarded", chunk.sha256)

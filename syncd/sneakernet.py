@@ -51,6 +51,7 @@ from protocol.sealing import open_reply, seal_reply
 from protocol.signing import public_key_bytes
 
 from .app import Ingest, accept_batch, accept_doc_chunk, authenticate, error_status
+from .documents import replace_durably
 from .errors import RequestError
 
 __all__ = ["BundleRefused", "ImportResult", "import_bundle", "import_folder"]
@@ -102,12 +103,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    replace_durably(tmp, path)
 
 
 async def _check_bundle(ingest: Ingest, name: str, bundle: Bundle) -> None:

@@ -31,9 +31,9 @@ from client.errors import RefusedError, TransportError
 from client.intake import dossier_states
 from client.transport import HttpTransport, Reply
 from client.updates import pull_updates
-from protocol import STATUSES, BatchBody, DecodeError, EnrollRequest, pack
+from protocol import STATUSES, BatchBody, DecodeError, pack
 from protocol.messages import CursorRequest, decode_error, encode_cursor_request, encode_envelope
-from protocol.signing import public_key_bytes, sign_enrollment, sign_envelope
+from protocol.signing import sign_envelope
 from protocol.updates import (
     CentralChange,
     UpdatesPage,
@@ -47,7 +47,7 @@ from syncd.accounts import add_user
 from syncd.app import make_app
 from syncd.central import change_status, changes_after, updates_page
 from syncd.config import ServerConfig, ServerPaths
-from syncd.enrollment import consume_token, create_token, revoke_agent
+from syncd.enrollment import create_token, revoke_agent
 from syncd.errors import RequestError
 from syncd.history import StatusPoint, status_history
 from syncd.ingest import ingest_batch
@@ -58,7 +58,7 @@ from tests.support.dossiers import make_dossiers
 from tests.support.procs import syncd
 from tests.syncd.test_app import post
 from tests.syncd.test_pages import PASSWORD, login
-from tests.syncd.test_report import BIRTH, created, dossier_id, status, vn
+from tests.syncd.test_report import BIRTH, created, dossier_id, enroll_pc, status, vn
 
 A, B = "01111", "02222"
 UTC_DAY = datetime(2026, 12, 1, tzinfo=UTC)
@@ -89,13 +89,7 @@ class Pc:
 
     @classmethod
     async def enroll(cls, store: Store, keys: ServerKeys, commune: str) -> Pc:
-        key = Ed25519PrivateKey.generate()
-        token = await create_token(store, commune, None, 72, keys.fingerprint)
-        reply = await consume_token(store, keys, EnrollRequest(
-            token, public_key_bytes(key), None, sign_enrollment(key, token)))
-        agent = await store.agent(reply.agent_id)
-        assert agent is not None
-        return cls(store, agent, key)
+        return cls(store, *await enroll_pc(store, keys, commune))
 
     @property
     def agent_id(self) -> str:

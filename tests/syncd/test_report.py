@@ -62,6 +62,18 @@ def status(n: int, value: str, at: str) -> bytes:
     return encode_event(StatusChanged(dossier_id(n), value, at))
 
 
+async def enroll_pc(store: Store, keys: ServerKeys, commune: str
+                    ) -> tuple[AgentRow, Ed25519PrivateKey]:
+    """A PC of ``commune`` enrolled through the real token path: its row and key."""
+    key = Ed25519PrivateKey.generate()
+    token = await create_token(store, commune, None, 72, keys.fingerprint)
+    reply = await consume_token(store, keys, EnrollRequest(
+        token, public_key_bytes(key), None, sign_enrollment(key, token)))
+    agent = await store.agent(reply.agent_id)
+    assert agent is not None
+    return agent, key
+
+
 class Desk:
     """One enrolled PC of a commune, sending batches of contiguous records."""
 
@@ -70,12 +82,7 @@ class Desk:
 
     @classmethod
     async def enroll(cls, store: Store, keys: ServerKeys, commune: str) -> Desk:
-        key = Ed25519PrivateKey.generate()
-        token = await create_token(store, commune, None, 72, keys.fingerprint)
-        reply = await consume_token(store, keys, EnrollRequest(
-            token, public_key_bytes(key), None, sign_enrollment(key, token)))
-        agent = await store.agent(reply.agent_id)
-        assert agent is not None
+        agent, _ = await enroll_pc(store, keys, commune)
         return cls(store, agent)
 
     async def send(self, *records: bytes) -> None:
